@@ -1,0 +1,3 @@
+from robustcert.cli import main
+
+main()

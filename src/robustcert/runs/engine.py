@@ -1,0 +1,147 @@
+"""The run engine: picks examples, runs a per-example certifier on them, stores rows, resumes.
+
+Methods plug in through one callable, ``certify_example(x, y, index, seed) -> list[row]``: the engine
+never knows what a method does. Each example's randomness must depend only on (run seed, index) —
+``example_seed`` gives that seed — so rows do not depend on order, sharding or resumption.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import robustcert
+from robustcert.data.base import Dataset
+from robustcert.errors import RobustCertError
+from robustcert.progress import progress
+from robustcert.runs.store import Row, RowWriter, read_complete_rows, rewrite_rows
+
+CertifyExample = Callable[[torch.Tensor, int, int, int], list[Row]]
+
+
+def example_seed(run_seed: int, index: int) -> int:
+    """The seed of one example's randomness: a stable hash of (run seed, example index)."""
+    ss = np.random.SeedSequence([int(run_seed) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF, 0x5EED])
+    return int(ss.generate_state(1, np.uint64)[0] >> 1)
+
+
+def select_indices(n_total: int, limit: int | None = None, indices: Sequence[int] | None = None, seed: int = 0,
+                   shuffle: bool = False) -> list[int]:
+    """The example indices of a run: ``indices`` as given, else the first ``limit`` (or a seeded sample)."""
+    if indices is not None and limit is not None:
+        raise RobustCertError("give either --limit or --indices, not both")
+    if indices is not None:
+        chosen = [int(i) for i in indices]
+        bad = [i for i in chosen if not 0 <= i < n_total]
+        if bad:
+            raise RobustCertError(f"indices {bad[:5]} are outside the split (0..{n_total - 1})")
+        if len(set(chosen)) != len(chosen):
+            raise RobustCertError("--indices lists an index twice")
+        return chosen
+    if limit is not None and limit <= 0:
+        raise RobustCertError(f"--limit must be >= 1, got {limit}")
+    count = n_total if limit is None else min(limit, n_total)
+    if shuffle:
+        rng = np.random.default_rng(seed)
+        return sorted(int(i) for i in rng.choice(n_total, size=count, replace=False))
+    return list(range(count))
+
+
+def parse_indices(text: str | None) -> list[int] | None:
+    """Parse ``--indices`` text such as ``"0,5,7"`` or ``"0-9,20"``."""
+    if text is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+    except ValueError as exc:
+        raise RobustCertError(f"--indices must look like '0,5,7' or '0-9,20', got {text!r}") from exc
+    return out
+
+
+def prepare_run_dir(out_dir: Path, run_info: dict[str, Any], resume: bool, rows_per_example: int) -> list[Row]:
+    """Create ``out_dir`` with ``run.json``, or on resume check it matches and return the finished rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_path, results_path = out_dir / "run.json", out_dir / "results.jsonl"
+    info = {**run_info, "robustcert_version": robustcert.__version__}
+    if run_path.exists() or results_path.exists():
+        if not resume:
+            raise RobustCertError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+        if run_path.exists():
+            old = json.loads(run_path.read_text())
+            diffs = sorted(k for k in set(old) | set(info) if k != "robustcert_version" and old.get(k) != info.get(k))
+            if diffs:
+                raise RobustCertError(f"cannot resume {out_dir}: run.json differs in {diffs}; use the same arguments or another --out")
+        done = read_complete_rows(results_path, rows_per_example)
+        rewrite_rows(results_path, done)  # drop a torn line or a half-written example
+    else:
+        done = []
+    tmp = run_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, run_path)
+    return done
+
+
+def run_examples(
+    out_dir: str | os.PathLike[str],
+    run_info: dict[str, Any],
+    data: Dataset,
+    indices: Sequence[int],
+    certify_example: CertifyExample,
+    *,
+    seed: int,
+    resume: bool = False,
+    rows_per_example: int = 1,
+    show_progress: bool = True,
+    on_rows: Callable[[list[Row]], None] | None = None,
+    executor: Callable[[Iterable[int], Callable[[int], list[Row]]], Iterable[list[Row]]] | None = None,
+) -> list[Row]:
+    """Certify ``data.x[indices]`` (indices are positions in the split) into ``out_dir`` and return all rows in ``indices`` order.
+
+    Rows are appended to ``results.jsonl`` and flushed as each example finishes. With ``resume``, examples
+    that already have all their rows are skipped; a half-written example is redone. ``executor`` maps the
+    per-example job over pending indices (in process by default; see ``runs.ray_backend``).
+    """
+    out = Path(out_dir)
+    info = {**run_info, "indices": list(indices), "seed": seed}
+    done = prepare_run_dir(out, info, resume, rows_per_example)
+    done_indices = {int(r["index"]) for r in done}
+    pending = [i for i in indices if i not in done_indices]
+    position = {int(i): k for k, i in enumerate(indices)}
+
+    def job(index: int) -> list[Row]:
+        x, y = data.x[index], int(data.y[index])
+        start = time.perf_counter()
+        rows = certify_example(x, y, index, example_seed(seed, index))
+        seconds = time.perf_counter() - start
+        for row in rows:
+            row.setdefault("seconds", seconds / len(rows))
+        return rows
+
+    new_rows: list[Row] = []
+    runner = executor or (lambda items, fn: (fn(i) for i in items))
+    with progress(f"certify {run_info.get('method', '')}", len(pending), show_progress) as bar, RowWriter(out / "results.jsonl") as writer:
+        for rows in runner(pending, job):
+            writer.write(rows)
+            new_rows.extend(rows)
+            if on_rows:
+                on_rows(rows)
+            bar.advance(1)
+    all_rows = done + new_rows
+    all_rows.sort(key=lambda r: (position[int(r["index"])], float(r.get("eps", 0.0))))
+    return all_rows

@@ -1,0 +1,168 @@
+"""The one training loop shared by every method; the method is the pluggable loss.
+
+Guarantees: the run is a function of (seed, data, arguments) — shuffling and noise come from generators
+seeded by (seed, epoch), so a run resumed from its last epoch checkpoint continues exactly as an
+uninterrupted one. A checkpoint (``model.pt``, ``model.json``, ``train_state.pt``) is written after
+every epoch, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustcert.data.base import Dataset
+from robustcert.errors import RobustCertError
+from robustcert.models.checkpoint import save_model
+from robustcert.models.zoo import build_model
+from robustcert.progress import progress
+from robustcert.train.losses import LossContext
+
+Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor, LossContext], torch.Tensor]
+
+
+def derived_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (numpy SeedSequence), e.g. (run seed, epoch)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Dataset, batch_size: int = 1000) -> float:
+    """Clean accuracy of ``model`` (in eval mode; its mode is restored) on ``data``."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(data), batch_size):
+        logits = model(data.x[start : start + batch_size])
+        correct += int((logits.argmax(1) == data.y[start : start + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(len(data), 1)
+
+
+def train_model(
+    *,
+    arch: str,
+    train_data: Dataset,
+    test_data: Dataset | None,
+    loss: Loss,
+    method: str,
+    method_params: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    resume: bool = False,
+    show_progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``arch`` on ``train_data`` with ``loss`` (Adam, cosine learning rate), checkpointing each epoch.
+
+    With ``resume`` and a ``train_state.pt`` in ``out_dir`` whose arguments match, training continues after
+    the last finished epoch. Returns the model (eval mode) and its metadata (also in ``model.json``).
+    """
+    if epochs <= 0:
+        raise RobustCertError(f"epochs must be >= 1, got {epochs}")
+    if batch_size <= 0:
+        raise RobustCertError(f"batch size must be >= 1, got {batch_size}")
+    if not lr > 0:
+        raise RobustCertError(f"learning rate must be > 0, got {lr}")
+    out = Path(out_dir)
+    torch.manual_seed(derived_seed(seed, 0xA11CE))  # weight initialisation
+    model = build_model(arch, train_data.input_shape, train_data.num_classes, train_data.mean, train_data.std)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = (len(train_data) + batch_size - 1) // batch_size
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    config = {
+        "arch": arch,
+        "dataset": train_data.name,
+        "method": method,
+        "params": method_params,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "seed": seed,
+    }
+    start_epoch = 0
+    history: list[dict[str, float]] = []
+    state_path = out / "train_state.pt"
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["config"] != config:
+            raise RobustCertError(
+                f"cannot resume {out}: it was trained with different arguments {json.dumps(state['config'])}; use another --out"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+    elif not resume and state_path.exists():
+        raise RobustCertError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+
+    meta: dict[str, Any] = {}
+    total_steps = epochs * steps_per_epoch
+    with progress(f"train {arch}/{method}", (epochs - start_epoch) * steps_per_epoch, show_progress) as bar:
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            gen = torch.Generator().manual_seed(derived_seed(seed, epoch))
+            order = torch.randperm(len(train_data), generator=gen)
+            running, seen = 0.0, 0
+            for step in range(steps_per_epoch):
+                idx = order[step * batch_size : (step + 1) * batch_size]
+                x, y = train_data.x[idx], train_data.y[idx]
+                ctx = LossContext(gen, (epoch * steps_per_epoch + step) / total_steps)
+                value = loss(model, x, y, ctx)
+                if not torch.isfinite(value):
+                    raise RobustCertError(f"training diverged at epoch {epoch + 1} (loss {float(value)}); lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                optimizer.step()
+                scheduler.step()
+                running += float(value.detach()) * len(idx)
+                seen += len(idx)
+                bar.advance(1, f"epoch {epoch + 1}/{epochs} loss {running / seen:.3f}")
+            model.eval()
+            record = {"epoch": epoch + 1, "loss": running / max(seen, 1)}
+            if test_data is not None:
+                record["test_accuracy"] = accuracy(model, test_data)
+            history.append(record)
+            meta = {
+                "arch": arch,
+                "dataset": train_data.name,
+                "input_shape": list(train_data.input_shape),
+                "num_classes": train_data.num_classes,
+                "normalize": {"mean": list(train_data.mean), "std": list(train_data.std)},
+                "train": {"method": method, **method_params, "epochs": epochs, "batch_size": batch_size, "lr": lr},
+                "seed": seed,
+                "clean_accuracy": record.get("test_accuracy"),
+                "epochs_done": epoch + 1,
+                "history": history,
+            }
+            save_model(out, model, meta)
+            tmp = out / "train_state.pt.tmp"
+            torch.save(
+                {
+                    "config": config,
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                },
+                tmp,
+            )
+            os.replace(tmp, state_path)
+    if not meta:  # resumed a finished run
+        from robustcert.models.checkpoint import read_model_meta
+
+        meta = read_model_meta(out)
+    model.eval()
+    return model, meta
