@@ -1,0 +1,36 @@
+"""Bound propagation over the graph IR: IBP, CROWN and alpha-CROWN (one file and one rule table each).
+
+Certification (float64, with a rounding safety margin)::
+
+    m = margin_lower(model, x, y, eps=0.1, norm="linf", method="ibp" | "crown" | "alpha-crown")
+    verified = is_verified(m)
+    lo, hi = logit_bounds(model, x, eps=0.1, norm="linf", method="crown")
+
+Differentiable bounds for certified training (any dtype, no safety margin)::
+
+    lo, hi = ibp_bounds(model, x_lo, x_hi)
+    m = ibp_margin_lower(model, x_lo, x_hi, y)      # IBP
+    m = crown_margin_lower(model, x_lo, x_hi, y)    # CROWN-IBP
+"""
+
+from robustcert.bounds.api import (
+    SAFETY_REL,
+    crown_margin_lower,
+    ibp_bounds,
+    ibp_margin_lower,
+    is_verified,
+    logit_bounds,
+    margin_lower,
+    margin_spec,
+)
+
+__all__ = [
+    "SAFETY_REL",
+    "crown_margin_lower",
+    "ibp_bounds",
+    "ibp_margin_lower",
+    "is_verified",
+    "logit_bounds",
+    "margin_lower",
+    "margin_spec",
+]

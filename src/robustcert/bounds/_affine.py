@@ -1,0 +1,130 @@
+"""Backward (transpose) rules of the affine ops, shared by CROWN, alpha-CROWN and IBP's last-layer elision.
+
+For an affine op ``v = L(x) + c`` and coefficients ``A`` on ``v`` (shape [B', S, *shape(v)]), a rule
+returns ``A L`` on each input (convolution form for convs — never a dense matrix of the layer) and the
+constant ``A · c`` ([B', S]) or None when ``c = 0``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robustcert.bounds._common import Affine, Ctx, dot
+from robustcert.graph.ir import Node
+from robustcert.graph.ops import OPS, batchnorm_scale_shift, channel_view, param
+
+Back = tuple[list[Tensor], Tensor | None]
+
+
+def _rows(A: Tensor) -> tuple[int, int]:
+    return int(A.shape[0]), int(A.shape[1])
+
+
+def linear_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    W = param(node, "weight", A)
+    bias = node.params.get("bias")
+    return [A @ W], None if bias is None else dot(A, param(node, "bias", A))
+
+
+def conv2d_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    bp, s = _rows(A)
+    out_shape, in_shape = tuple(A.shape[2:]), ctx.shapes[node.inputs[0]]
+    W = param(node, "weight", A)
+    st, pd, dl = node.params["stride"], node.params["padding"], node.params["dilation"]
+    kh, kw = W.shape[2:]
+    opad = tuple(
+        in_shape[1 + i] - ((out_shape[1 + i] - 1) * st[i] - 2 * pd[i] + dl[i] * (k - 1) + 1)
+        for i, k in enumerate((kh, kw))
+    )
+    x = F.conv_transpose2d(A.reshape((bp * s,) + out_shape), W, None, st, pd, opad, node.params["groups"], dl)
+    bias = node.params.get("bias")
+    b = None if bias is None else (A.sum(dim=(-2, -1)) * param(node, "bias", A)).sum(-1)
+    return [x.reshape((bp, s) + in_shape)], b
+
+
+def avgpool2d_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    bp, s = _rows(A)
+    out_shape, in_shape = tuple(A.shape[2:]), ctx.shapes[node.inputs[0]]
+    p = node.params
+    plain = not p["ceil_mode"] and (p["count_include_pad"] or tuple(p["padding"]) == (0, 0))
+    if plain:
+        kh, kw = p["kernel_size"]
+        div = p["divisor_override"] or kh * kw
+        c = in_shape[0]
+        W = torch.full((c, 1, kh, kw), 1.0 / div, dtype=A.dtype, device=A.device)
+        st, pd = p["stride"], p["padding"]
+        opad = tuple(
+            in_shape[1 + i] - ((out_shape[1 + i] - 1) * st[i] - 2 * pd[i] + k - 1 + 1)
+            for i, k in enumerate((kh, kw))
+        )
+        x = F.conv_transpose2d(A.reshape((bp * s,) + out_shape), W, None, st, pd, opad, c)
+        return [x.reshape((bp, s) + in_shape)], None
+    # general case (ceil mode, padding excluded from the count): the exact vector-Jacobian product
+    zero = torch.zeros((bp * s,) + in_shape, dtype=A.dtype, device=A.device)
+    _, vjp = torch.func.vjp(lambda z: OPS["avgpool2d"].forward(node, z), zero)
+    (g,) = vjp(A.reshape((bp * s,) + out_shape))
+    return [g.reshape((bp, s) + in_shape)], None
+
+
+def reshape_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    return [A.reshape(A.shape[:2] + ctx.shapes[node.inputs[0]])], None
+
+
+def identity_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    return [A], None
+
+
+def batchnorm_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    nd = len(ctx.shapes[node.name])
+    scale, shift = batchnorm_scale_shift(node, A)
+    return [A * channel_view(scale, nd)], dot(A, channel_view(shift, nd))
+
+
+def normalize_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    nd = len(ctx.shapes[node.name])
+    mean, std = channel_view(param(node, "mean", A), nd), channel_view(param(node, "std", A), nd)
+    return [A / std], -dot(A, mean / std)
+
+
+def add_const_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    return [A], dot(A, param(node, "value", A))
+
+
+def sub_const_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    b = dot(A, param(node, "value", A))
+    if node.params.get("reverse", False):
+        return [-A], b
+    return [A], -b
+
+
+def mul_const_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    return [A * param(node, "value", A)], None
+
+
+def div_const_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    return [A / param(node, "value", A)], None
+
+
+def add_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    return [A, A], None
+
+
+AFFINE_BACK: dict[str, Affine] = {
+    "linear": Affine(linear_back),
+    "conv2d": Affine(conv2d_back),
+    "avgpool2d": Affine(avgpool2d_back),
+    "flatten": Affine(reshape_back),
+    "reshape": Affine(reshape_back),
+    "identity": Affine(identity_back),
+    "batchnorm": Affine(batchnorm_back),
+    "normalize": Affine(normalize_back),
+    "add_const": Affine(add_const_back),
+    "sub_const": Affine(sub_const_back),
+    "mul_const": Affine(mul_const_back),
+    "div_const": Affine(div_const_back),
+    "add": Affine(add_back),
+}
+
+assert set(AFFINE_BACK) == {k for k, v in OPS.items() if v.is_affine and k != "input"}

@@ -1,0 +1,296 @@
+"""Public entry points of :mod:`robustcert.bounds` (re-exported there)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustcert.bounds import alpha_crown, crown, ibp
+from robustcert.bounds._common import Ctx, InputSet
+from robustcert.bounds._soundness import SAFETY_REL, magnitudes, node_tol, spec_tol
+from robustcert.errors import RobustCertError
+from robustcert.graph.convert import to_graph
+from robustcert.graph.ir import Graph
+from robustcert.graph.ops import numel
+
+METHODS = ("ibp", "crown", "alpha-crown")
+NORMS = ("linf", "l2")
+INTERMEDIATE = ("crown", "ibp")
+
+Model = nn.Module | Graph
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise RobustCertError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+    return value
+
+
+def _check_eps(eps: Any) -> float:
+    try:
+        e = float(eps)
+    except (TypeError, ValueError) as exc:
+        raise RobustCertError(f"eps must be a number >= 0, got {eps!r}") from exc
+    if math.isnan(e) or e < 0 or math.isinf(e):
+        raise RobustCertError(f"eps must be a finite number >= 0, got {eps!r}")
+    return e
+
+
+def _check_batch(t: Any, what: str) -> Tensor:
+    if not isinstance(t, Tensor) or not t.is_floating_point():
+        raise RobustCertError(f"{what} must be a floating-point torch.Tensor, got {type(t).__name__}")
+    if t.ndim < 2:
+        raise RobustCertError(
+            f"{what} has shape {tuple(t.shape)}; pass a batch [B, *input_shape] (use x.unsqueeze(0) for one input)"
+        )
+    if bool(torch.isnan(t).any()):
+        raise RobustCertError(f"{what} contains NaN; pass finite inputs")
+    if bool(torch.isinf(t).any()):
+        raise RobustCertError(f"{what} contains inf; pass finite inputs")
+    return t.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _input_set(x: Tensor | None, eps: Any, norm: str, box: Any) -> InputSet:
+    if box is not None:
+        if x is not None:
+            raise RobustCertError("pass either x (with eps) or box=(lo, hi), not both")
+        if norm != "linf":
+            raise RobustCertError("box=(lo, hi) is an L-infinity box; use norm='linf' with it")
+        if not isinstance(box, (tuple, list)) or len(box) != 2:
+            raise RobustCertError("box must be a pair (lo, hi) of tensors")
+        lo, hi = _check_batch(box[0], "box lo"), _check_batch(box[1], "box hi")
+        if lo.shape != hi.shape:
+            raise RobustCertError(f"box lo and hi differ in shape: {tuple(lo.shape)} vs {tuple(hi.shape)}")
+        if bool((lo > hi).any()):
+            raise RobustCertError("box lo must be <= hi everywhere")
+        return InputSet(lo, hi)
+    if x is None:
+        raise RobustCertError("x is None; pass inputs x (with eps) or an explicit box=(lo, hi)")
+    e = _check_eps(eps)
+    x64 = _check_batch(x, "x")
+    if bool(((x64 < 0) | (x64 > 1)).any()):
+        raise RobustCertError(
+            "x has values outside [0, 1]; inputs must be in [0, 1] (normalise inside the model)"
+        )
+    lo, hi = (x64 - e).clamp(0.0, 1.0), (x64 + e).clamp(0.0, 1.0)
+    if norm == "l2":
+        return InputSet(lo, hi, x64, e)
+    return InputSet(lo, hi)
+
+
+def _setup(model: Model, x: Tensor | None, eps: Any, norm: str, method: str, box: Any, intermediate: str):
+    _check_choice("method", method, METHODS)
+    _check_choice("norm", norm, NORMS)
+    _check_choice("intermediate", intermediate, INTERMEDIATE)
+    inset = _input_set(x, eps, norm, box)
+    graph = to_graph(model, tuple(inset.lo.shape[1:]))
+    shapes = graph.shapes()
+    out_shape = shapes[graph.output]
+    if len(out_shape) != 1:
+        raise RobustCertError(f"the model's output has per-example shape {out_shape}; expected [num_classes]")
+    m_in = torch.maximum(inset.lo.abs(), inset.hi.abs())
+    if inset.center is not None:
+        # the ball bound A·x0 - eps||A|| is only used when it beats the box bound, and then
+        # |A||x0| + eps||A|| <= 3 |A| max(|lo|, |hi|): a factor 3 covers its absolute computation
+        m_in = 3 * m_in
+    mags = magnitudes(graph, m_in)
+    return graph, inset, shapes, mags
+
+
+def _labels(y: Any, batch: int, k: int) -> Tensor:
+    try:
+        t = torch.as_tensor(y)
+    except Exception as exc:
+        raise RobustCertError(f"y must be integer labels, got {type(y).__name__}") from exc
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise RobustCertError(f"y must hold integer class labels, got dtype {t.dtype}")
+    t = t.reshape(-1).to(torch.long)
+    if t.numel() != batch:
+        raise RobustCertError(
+            f"y has {t.numel()} labels but the batch has {batch} inputs; pass one label per input"
+        )
+    if bool(((t < 0) | (t >= k)).any()):
+        raise RobustCertError(f"y has labels outside [0, {k - 1}]; the model has {k} classes")
+    return t
+
+
+def margin_spec(labels: Tensor, k: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``C[b, j] = e_{y_b} - e_j`` ([B, K, K]); row y is zero."""
+    eye = torch.eye(k, dtype=dtype, device=labels.device)
+    return eye[labels].unsqueeze(1) - eye.unsqueeze(0)
+
+
+def _intermediate(graph: Graph, inset: InputSet, shapes, mags, mode: str) -> Ctx:
+    bounds = crown.intermediate_bounds(graph, inset, shapes, mode=mode, mags=mags)
+    return Ctx(shapes, bounds)
+
+
+def margin_lower(
+    model: Model,
+    x: Tensor | None,
+    y: Any,
+    eps: float = 0.1,
+    norm: str = "linf",
+    method: str = "crown",
+    box: tuple[Tensor, Tensor] | None = None,
+    intermediate: str = "crown",
+    alpha_steps: int = 20,
+    alpha_lr: float = 0.1,
+) -> Tensor:
+    """Certified lower bounds of the margins ``f_y(x') - f_j(x')``, shape [B, K] (float64, CPU).
+
+    Guarantee: for every example b, every class j != y_b and every x' in the perturbation set —
+    ``{x' : ||x' - x_b|| <= eps} ∩ [0, 1]^d`` (``norm`` linf or l2), or the explicit L∞ box ``box=(lo, hi)``
+    (used as given) — the real-valued network with the model's stored weights satisfies
+    ``f_y(x') - f_j(x') >= result[b, j]``, including float64 rounding in the computation (an explicit
+    safety margin is subtracted, see :mod:`robustcert.bounds._soundness`). Column y holds +inf.
+
+    ``method``: ``"ibp"`` (interval bounds, last affine layers elided), ``"crown"`` (backward linear
+    relaxation on the margin rows ``C = e_y - e_j``), ``"alpha-crown"`` (CROWN's intermediate intervals,
+    then ``alpha_steps`` projected-Adam steps on the ReLU lower slopes, best iterate kept: never looser
+    than CROWN). ``intermediate``: how CROWN/alpha-CROWN bound the activation inputs (``"crown"`` or
+    ``"ibp"`` = CROWN-IBP). The model is used in eval mode (its mode is restored); a model in training
+    mode with BatchNorm is refused. Bad input raises :class:`RobustCertError`.
+    """
+    graph, inset, shapes, mags = _setup(model, x, eps, norm, method, box, intermediate)
+    k = numel(shapes[graph.output])
+    labels = _labels(y, inset.batch, k)
+    C = margin_spec(labels, k)
+    with torch.no_grad():
+        if method == "ibp":
+            ctx = _intermediate(graph, inset, shapes, mags, "ibp")
+            lb = ibp.spec_lower(graph, C, inset, ctx)
+        else:
+            ctx = _intermediate(graph, inset, shapes, mags, intermediate)
+            if method == "crown":
+                lb = crown.crown_lower(graph, C, inset, ctx)
+            else:
+                rows = C.abs().sum(-1) > 0
+                lb = alpha_crown.alpha_crown_lower(
+                    graph, C, inset, ctx, steps=int(alpha_steps), lr=float(alpha_lr), row_mask=rows
+                )
+        lb = lb - spec_tol(C, mags[graph.output])
+        lb = lb.scatter(1, labels.unsqueeze(1), torch.inf)
+    return lb.detach()
+
+
+def logit_bounds(
+    model: Model,
+    x: Tensor | None,
+    eps: float = 0.1,
+    norm: str = "linf",
+    method: str = "crown",
+    box: tuple[Tensor, Tensor] | None = None,
+    intermediate: str = "crown",
+    alpha_steps: int = 20,
+    alpha_lr: float = 0.1,
+) -> tuple[Tensor, Tensor]:
+    """Certified bounds ``lo <= f(x') <= hi`` on every logit, each [B, K] (float64, CPU).
+
+    Same perturbation set, methods, options and rounding guarantee as :func:`margin_lower`. Use
+    :func:`margin_lower` to certify a prediction: bounding the margins directly is tighter than
+    subtracting these logit bounds.
+    """
+    graph, inset, shapes, mags = _setup(model, x, eps, norm, method, box, intermediate)
+    k = numel(shapes[graph.output])
+    eye = torch.eye(k, dtype=torch.float64)
+    with torch.no_grad():
+        if method == "ibp":
+            ctx = _intermediate(graph, inset, shapes, mags, "ibp")
+            lo0, hi0 = ctx.bounds[graph.output]
+            C = torch.cat([eye, -eye]).unsqueeze(0)
+            both = ibp.spec_lower(graph, C, inset, ctx)
+            lo, hi = torch.maximum(lo0, both[:, :k]), torch.minimum(hi0, -both[:, k:])
+        else:
+            ctx = _intermediate(graph, inset, shapes, mags, intermediate)
+            if method == "crown":
+                lo, hi = crown.crown_output_bounds(graph, inset, ctx)
+            else:
+                C = torch.cat([eye, -eye]).unsqueeze(0).expand(inset.batch, 2 * k, k)
+                both = alpha_crown.alpha_crown_lower(
+                    graph, C, inset, ctx, steps=int(alpha_steps), lr=float(alpha_lr)
+                )
+                lo, hi = both[:, :k], -both[:, k:]
+        tol = node_tol(mags[graph.output])
+    return (lo - tol).detach(), (hi + tol).detach()
+
+
+def is_verified(margins: Tensor) -> Tensor:
+    """[B] bool: True where every margin bound with j != y is > 0 (column y holds +inf, so: all > 0)."""
+    if not isinstance(margins, Tensor) or margins.ndim != 2:
+        raise RobustCertError("margins must be the [B, K] tensor returned by margin_lower")
+    return (margins > 0).all(dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# differentiable paths for certified training (no safety margin, no float64 unless asked)
+# --------------------------------------------------------------------------------------------------
+
+
+def _train_graph(graph_or_model: Model, lo: Tensor, hi: Tensor, dtype: torch.dtype | None):
+    if not isinstance(lo, Tensor) or not isinstance(hi, Tensor) or lo.shape != hi.shape or lo.ndim < 2:
+        raise RobustCertError("lo and hi must be tensors of the same shape [B, *input_shape]")
+    if dtype is not None:
+        lo, hi = lo.to(dtype), hi.to(dtype)
+    graph = to_graph(graph_or_model, tuple(lo.shape[1:]), live=True)
+    return graph, lo, hi
+
+
+def ibp_bounds(
+    graph_or_model: Model, lo: Tensor, hi: Tensor, *, dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
+    """IBP bounds of the output over the box [lo, hi] — differentiable (w.r.t. the module's parameters and
+    the box), in ``dtype`` (default: lo's dtype). For training: no rounding safety margin."""
+    graph, lo, hi = _train_graph(graph_or_model, lo, hi, dtype)
+    return ibp.ibp_bounds_graph(graph, lo, hi)
+
+
+def ibp_margin_lower(
+    graph_or_model: Model, lo: Tensor, hi: Tensor, y: Tensor, *, dtype: torch.dtype | None = None
+) -> Tensor:
+    """IBP lower bounds of ``f_y - f_j`` over the box (last affine layers elided), [B, K], differentiable;
+    column y is 0, so ``F.cross_entropy(-m, y)`` is the usual IBP robust loss. No safety margin."""
+    graph, lo, hi = _train_graph(graph_or_model, lo, hi, dtype)
+    shapes = graph.shapes()
+    k = numel(shapes[graph.output])
+    labels = _labels(y, lo.shape[0], k).to(lo.device)
+    inset = InputSet(lo, hi)
+    ctx = Ctx(shapes, ibp.interval_bounds(graph, lo, hi))
+    return ibp.spec_lower(graph, margin_spec(labels, k, lo.dtype), inset, ctx)
+
+
+def crown_margin_lower(
+    graph_or_model: Model,
+    lo: Tensor,
+    hi: Tensor,
+    y: Tensor,
+    *,
+    intermediate: str = "ibp",
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """CROWN lower bounds of ``f_y - f_j`` over the box, [B, K], differentiable; with the default
+    ``intermediate="ibp"`` this is CROWN-IBP. Column y is 0. For training: no rounding safety margin."""
+    _check_choice("intermediate", intermediate, INTERMEDIATE)
+    graph, lo, hi = _train_graph(graph_or_model, lo, hi, dtype)
+    shapes = graph.shapes()
+    k = numel(shapes[graph.output])
+    labels = _labels(y, lo.shape[0], k).to(lo.device)
+    inset = InputSet(lo, hi)
+    bounds = crown.intermediate_bounds(graph, inset, shapes, mode=intermediate, mags=None)
+    return crown.crown_lower(graph, margin_spec(labels, k, lo.dtype), inset, Ctx(shapes, bounds))
+
+
+__all__ = [
+    "SAFETY_REL",
+    "crown_margin_lower",
+    "ibp_bounds",
+    "ibp_margin_lower",
+    "is_verified",
+    "logit_bounds",
+    "margin_lower",
+    "margin_spec",
+]
