@@ -1,0 +1,408 @@
+"""Projected gradient descent (Madry et al., 2018) on a base model, for L∞ and L2 balls.
+
+The attack searches the threat set ``B(x, eps) ∩ [0, 1]^d`` for an input with a low margin
+``f_y(x') − max_{j≠y} f_j(x')``. It is a heuristic: a failed attack proves nothing, but every point it
+returns is checked to lie in the threat set, so a *successful* attack (margin < 0) is a real
+counterexample to any certificate at that eps.
+
+Step schedule (documented contract):
+
+* step size ``alpha`` defaults to ``2.5 · eps / steps`` (Madry et al.), for both norms;
+* it is halved after 75 % of the steps and halved again after 90 % of the steps, so the total path length
+  (0.85 · 2.5 · eps ≈ 2.1 · eps) still crosses the whole L∞ ball from any random start;
+* L∞ steps are ``alpha · sign(grad)``; L2 steps are ``alpha · grad / ||grad||_2`` (per example);
+* with ``restarts >= 2`` run 0 starts at the clean input and the others at uniform random points of the
+  ball (seeded); the best point (lowest margin) over every iterate of every run is returned.
+  :func:`perturb_for_training` uses one random start and a constant step instead.
+
+Projection: L∞ — clamp to ``[max(0, x − eps'), min(1, x + eps')]`` (the exact projection onto the
+intersection of two boxes). L2 — scale the perturbation onto the L2 ball, then clip to [0, 1]. Because
+``x`` is in [0, 1], clipping only moves each coordinate of the perturbation towards 0, so the result stays in
+the ball; it is a feasible point of the intersection, not always its exact Euclidean projection.
+
+Here ``eps'`` is ``eps`` shrunk by a tiny amount (relative 1e-6 plus 2.4e-7 absolute for L∞, relative 1e-5
+for L2) so that float32 rounding can never carry a returned point outside the ball; every returned point is
+verified in float64 (and nudged by one ulp where rounding put it on the wrong side of a bound).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustcert.errors import RobustCertError
+
+NORMS = ("linf", "l2")
+LOSSES = ("margin", "ce")
+
+# Shrinks that keep returned points strictly inside the ball despite float32 rounding.
+_LINF_REL_SHRINK = 1e-6
+_LINF_ABS_SHRINK = 2.4e-7  # two float32 ulps at 1.0
+_L2_REL_SHRINK = 1e-5
+_BOX_TOL = 1e-6  # how far outside [0, 1] a clean input may be (it is then clamped)
+
+
+@dataclass
+class AttackResult:
+    """Outcome of :func:`pgd_attack` for a batch.
+
+    ``x_adv`` lies in ``B(x, eps) ∩ [0, 1]`` (checked); ``adv_margin`` is ``f_y − max_{j≠y} f_j`` from a
+    forward pass of the model (eval mode) at ``x_adv``; ``success`` is ``adv_margin < 0``, i.e. the model
+    misclassifies ``x_adv``; ``clean_margin`` is the margin at ``x``.
+    """
+
+    x_adv: torch.Tensor
+    adv_margin: torch.Tensor
+    success: torch.Tensor
+    clean_margin: torch.Tensor
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` (and its submodules) in eval mode and restore every module's own mode afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+def _margin_from_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    true = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, y.view(-1, 1), float("-inf"))
+    return true - others.max(dim=1).values
+
+
+def _check_eps(eps: float) -> float:
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise RobustCertError(f"eps must be a number, got {eps!r}") from None
+    if math.isnan(value) or value < 0 or math.isinf(value):
+        raise RobustCertError(f"eps must be a finite number >= 0, got {eps!r}")
+    return value
+
+
+def _check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise RobustCertError(f"unknown norm {norm!r}; use one of: {', '.join(NORMS)}")
+    return norm
+
+
+def _check_inputs(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Validate a batch and the labels against the model's output; returns (x clamped, y long, K)."""
+    if not isinstance(model, nn.Module):
+        raise RobustCertError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        raise RobustCertError(
+            "x must be a floating-point torch.Tensor of shape [B, ...] with values in [0, 1]"
+        )
+    if x.ndim < 2:
+        raise RobustCertError(f"x must be batched with shape [B, ...], got shape {tuple(x.shape)}")
+    if bool(torch.isnan(x).any()) or bool(torch.isinf(x).any()):
+        raise RobustCertError("x contains NaN or inf values; pass finite inputs in [0, 1]")
+    if bool((x < -_BOX_TOL).any()) or bool((x > 1 + _BOX_TOL).any()):
+        raise RobustCertError(
+            "x has values outside [0, 1]; inputs must be in [0, 1] (normalisation belongs inside the model)"
+        )
+    y = torch.as_tensor(y)
+    if y.ndim == 0:
+        y = y.view(1)
+    if y.ndim != 1 or (torch.is_floating_point(y) and bool((y != y.round()).any())):
+        raise RobustCertError(f"y must be a 1-D tensor of integer labels, got shape {tuple(y.shape)}")
+    if y.shape[0] != x.shape[0]:
+        raise RobustCertError(
+            f"x has {x.shape[0]} examples but y has {y.shape[0]} labels; pass one label per example"
+        )
+    y = y.long().to(x.device)
+    x = x.clamp(0.0, 1.0)
+    with torch.no_grad(), eval_mode(model):
+        try:
+            logits = model(x[:1])
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RobustCertError(
+                f"model failed on an input of shape {tuple(x.shape[1:])} (shape mismatch?): {first}"
+            ) from None
+    if logits.ndim != 2:
+        raise RobustCertError(f"model must return logits of shape [B, K], got shape {tuple(logits.shape)}")
+    num_classes = int(logits.shape[1])
+    if num_classes < 2:
+        raise RobustCertError(f"model must have at least 2 classes, it has {num_classes}")
+    if bool((y < 0).any()) or bool((y >= num_classes).any()):
+        raise RobustCertError(
+            f"labels y must be in [0, {num_classes - 1}] for this {num_classes}-class model"
+        )
+    return x, y, num_classes
+
+
+def margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``f_y(x) − max_{j≠y} f_j(x)`` per example (shape [B]); negative means misclassified.
+
+    The model runs in eval mode under ``torch.no_grad`` and its mode is restored.
+    """
+    x, y, _ = _check_inputs(model, x, y)
+    with torch.no_grad(), eval_mode(model):
+        return _margin_from_logits(model(x), y)
+
+
+def _inner_eps(eps: float, norm: str) -> float:
+    if norm == "linf":
+        return max(0.0, eps * (1.0 - _LINF_REL_SHRINK) - _LINF_ABS_SHRINK)
+    return eps * (1.0 - _L2_REL_SHRINK)
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+def _project(x_adv: torch.Tensor, x: torch.Tensor, eps_in: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        lo = (x - eps_in).clamp(min=0.0)
+        hi = (x + eps_in).clamp(max=1.0)
+        return torch.max(torch.min(x_adv, hi), lo)
+    delta = x_adv - x
+    scale = (eps_in / _flat_norm(delta).clamp(min=1e-30)).clamp(max=1.0)
+    return (x + delta * scale).clamp(0.0, 1.0)
+
+
+def _random_start(x: torch.Tensor, eps_in: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return _project(x + (2 * u - 1) * eps_in, x, eps_in, norm)
+    # uniform in the L2 ball: Gaussian direction, radius eps * U^(1/d)
+    d = x[0].numel()
+    g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    g = g / _flat_norm(g).clamp(min=1e-30)
+    r = torch.rand((x.shape[0],), generator=generator, dtype=x.dtype, device=x.device) ** (1.0 / d)
+    return _project(x + g * (eps_in * r).view(-1, *([1] * (x.ndim - 1))), x, eps_in, norm)
+
+
+def _enforce_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Return ``x_adv`` guaranteed (checked in float64) to lie in ``B(x, eps) ∩ [0, 1]``."""
+    x64, a64 = x.double(), x_adv.detach().double()
+    if norm == "linf":
+        eps_in = _inner_eps(eps, norm)
+        lo = (x64 - eps_in).clamp(min=0.0)
+        hi = (x64 + eps_in).clamp(max=1.0)
+        a64 = torch.max(torch.min(a64, hi), lo)
+        out = a64.to(x.dtype)
+        # float rounding may have crossed a bound by one ulp: step back inside
+        out = torch.where(out.double() > hi, torch.nextafter(out, torch.full_like(out, -math.inf)), out)
+        out = torch.where(out.double() < lo, torch.nextafter(out, torch.full_like(out, math.inf)), out)
+        ok = ((out.double() - x64).abs() <= eps).all() and (out >= 0).all() and (out <= 1).all()
+    else:
+        out = x_adv.detach().clamp(0.0, 1.0)
+        for _ in range(5):
+            norms = (out.double() - x64).flatten(1).norm(dim=1)
+            bad = norms > eps * (1.0 - 0.5 * _L2_REL_SHRINK)
+            if not bool(bad.any()):
+                break
+            scale = (eps * (1.0 - 2 * _L2_REL_SHRINK) / norms.clamp(min=1e-300)).clamp(max=1.0)
+            delta = (out.double() - x64) * scale.view(-1, *([1] * (x.ndim - 1)))
+            out = torch.where(bad.view(-1, *([1] * (x.ndim - 1))), (x64 + delta).clamp(0, 1).to(x.dtype), out)
+        norms = (out.double() - x64).flatten(1).norm(dim=1)
+        ok = (norms <= eps).all() and (out >= 0).all() and (out <= 1).all()
+    if not bool(ok):  # pragma: no cover - a bug, not a user error
+        raise AssertionError("PGD produced a point outside the threat set; please report this")
+    return out
+
+
+def _attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-example loss to *maximise*."""
+    if loss == "margin":
+        return -_margin_from_logits(logits, y)
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def _step_sizes(alpha: float, steps: int) -> list[float]:
+    sizes = []
+    for t in range(steps):
+        factor = 1.0
+        if t >= steps * 0.75:
+            factor *= 0.5
+        if t >= steps * 0.9:
+            factor *= 0.5
+        sizes.append(alpha * factor)
+    return sizes
+
+
+def _input_grad(
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the summed attack loss w.r.t. the input (no parameter grads) and the margins at x_adv."""
+    with torch.enable_grad():
+        x_req = x_adv.detach().requires_grad_(True)
+        logits = model(x_req)
+        objective = _attack_loss(logits, y, loss).sum()
+        (grad,) = torch.autograd.grad(objective, x_req)
+    return grad, _margin_from_logits(logits.detach(), y)
+
+
+def _ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, size: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return x_adv + size * grad.sign()
+    return x_adv + size * grad / _flat_norm(grad).clamp(min=1e-30)
+
+
+def _check_schedule(steps: int, step_size: float | None, eps: float) -> tuple[int, float]:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise RobustCertError(f"steps must be an integer >= 0, got {steps!r}")
+    if step_size is None:
+        alpha = 2.5 * eps / max(steps, 1)
+    else:
+        alpha = float(step_size)
+        if not (alpha > 0 and math.isfinite(alpha)):
+            raise RobustCertError(
+                f"step_size must be a finite number > 0 (or None for 2.5*eps/steps), got {step_size!r}"
+            )
+    return steps, alpha
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 50,
+    step_size: float | None = None,
+    restarts: int = 3,
+    random_start: bool = True,
+    seed: int = 0,
+    loss: str = "margin",
+) -> torch.Tensor:
+    """Adversarial inputs for a batch ``x`` ([B, ...], values in [0, 1]) with labels ``y`` ([B]).
+
+    Runs ``restarts`` PGD runs of ``steps`` steps each (schedule in the module docstring) and returns, per
+    example, the point with the lowest margin ``f_y − max_{j≠y} f_j`` among every iterate of every run
+    (the clean input included). Guarantee: every returned point lies in ``B(x, eps) ∩ [0, 1]`` for the
+    given ``norm`` (verified in float64). Starts: run 0 starts at ``x`` itself when ``random_start`` is
+    False or when ``restarts >= 2`` (a run from the clean point often finds what random starts miss);
+    every other run starts at a uniform point of the ball, drawn from a generator seeded with ``seed``
+    (so results repeat exactly).
+    ``loss`` is the ascent objective: ``"margin"`` (−margin, Carlini–Wagner style) or ``"ce"``.
+    The model runs in eval mode and its mode is restored; parameter gradients are not touched.
+    """
+    x_adv, _ = _pgd_impl(model, x, y, eps, norm, steps, step_size, restarts, random_start, seed, loss)
+    return x_adv
+
+
+def _pgd_impl(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    steps: int,
+    step_size: float | None,
+    restarts: int,
+    random_start: bool,
+    seed: int,
+    loss: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    eps = _check_eps(eps)
+    norm = _check_norm(norm)
+    if loss not in LOSSES:
+        raise RobustCertError(f"unknown attack loss {loss!r}; use one of: {', '.join(LOSSES)}")
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+        raise RobustCertError(f"restarts must be an integer >= 1, got {restarts!r}")
+    steps, alpha = _check_schedule(steps, step_size, eps)
+    x, y, _ = _check_inputs(model, x, y)
+    x = x.detach()
+    eps_in = _inner_eps(eps, norm)
+    sizes = _step_sizes(alpha, steps)
+    generator = torch.Generator(device=x.device)
+    generator.manual_seed(int(seed))
+    view = (-1,) + (1,) * (x.ndim - 1)
+
+    with eval_mode(model):
+        with torch.no_grad():
+            best_x = x.clone()
+            best_m = _margin_from_logits(model(x), y)
+        if eps_in > 0:
+            for r in range(restarts):
+                if r > 0 or (random_start and restarts == 1):
+                    cur = _random_start(x, eps_in, norm, generator)
+                else:
+                    cur = x.clone()
+                for t in range(steps + 1):
+                    grad, m = _input_grad(model, cur, y, loss)
+                    better = m < best_m
+                    best_m = torch.where(better, m, best_m)
+                    best_x = torch.where(better.view(view), cur, best_x)
+                    if t == steps:
+                        break
+                    cur = _project(_ascent_step(cur, grad, sizes[t], norm), x, eps_in, norm).detach()
+        out = _enforce_ball(best_x, x, eps, norm)
+        with torch.no_grad():
+            final_m = _margin_from_logits(model(out), y)
+    return out, final_m
+
+
+def pgd_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 50,
+    step_size: float | None = None,
+    restarts: int = 3,
+    random_start: bool = True,
+    seed: int = 0,
+    loss: str = "margin",
+) -> AttackResult:
+    """:func:`pgd` plus the margins: see :class:`AttackResult` for what each field guarantees."""
+    x_adv, adv_margin = _pgd_impl(
+        model, x, y, eps, norm, steps, step_size, restarts, random_start, seed, loss
+    )
+    clean = margin(model, x, y)
+    return AttackResult(x_adv=x_adv, adv_margin=adv_margin, success=adv_margin < 0, clean_margin=clean)
+
+
+def perturb_for_training(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 7,
+    step_size: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """PGD inputs for adversarial training (Madry et al.): cross-entropy ascent, one uniform random start
+    drawn from ``generator``, constant step size (default ``2.5 · eps / steps``), last iterate returned.
+
+    The result is detached and lies in ``B(x, eps) ∩ [0, 1]``. The attack runs with the model in eval mode;
+    every module's mode is restored afterwards (so a training loop can call this in train mode), and no
+    parameter gradients are accumulated.
+    """
+    eps = _check_eps(eps)
+    norm = _check_norm(norm)
+    steps, alpha = _check_schedule(steps, step_size, eps)
+    x, y, _ = _check_inputs(model, x, y)
+    x = x.detach()
+    if generator is None:
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(0)
+    eps_in = _inner_eps(eps, norm)
+    if eps_in == 0:
+        return x.clone()
+    with eval_mode(model):
+        cur = _random_start(x, eps_in, norm, generator)
+        for _ in range(steps):
+            grad, _m = _input_grad(model, cur, y, "ce")
+            cur = _project(_ascent_step(cur, grad, alpha, norm), x, eps_in, norm).detach()
+    return _enforce_ball(cur, x, eps, norm)
