@@ -21,8 +21,9 @@ from robustcert.models import build_model
 from robustcert.smoothing import SmoothedClassifier
 
 
-def bare_forward_seconds(model: torch.nn.Module, x: torch.Tensor, total: int, batch: int, sigma: float,
-                         with_noise: bool) -> float:
+def bare_forward_seconds(
+    model: torch.nn.Module, x: torch.Tensor, total: int, batch: int, sigma: float, with_noise: bool
+) -> float:
     gen = torch.Generator().manual_seed(0)
     noisy = x.unsqueeze(0).repeat(batch, 1, 1, 1)
     if not with_noise:
@@ -74,17 +75,24 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; n0={args.n0} n={args.n} batch={args.batch}; "
-          f"median of {args.repeats} runs")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; n0={args.n0} n={args.n} batch={args.batch}; "
+        f"median of {args.repeats} runs"
+    )
     print(f"{'setting':28s} {'overhead':>9s} {'(min..max)':>14s} {'vs fwd only':>11s} {'samples/s':>10s}")
-    for label, data_name in (("cnn-small / digits 8x8", "digits"), ("cnn-small / fashion-mnist 28x28", "fashion-mnist")):
+    for label, data_name in (
+        ("cnn-small / digits 8x8", "digits"),
+        ("cnn-small / fashion-mnist 28x28", "fashion-mnist"),
+    ):
         try:
             m = measure(label, data_name, args.n0, args.n, args.batch, args.repeats)
         except RobustCertError as exc:
             print(f"{label:28s} skipped: {exc}")
             continue
-        print(f"{label:28s} {m['overhead']:9.3f} {m['min']:6.3f}..{m['max']:<6.3f} {m['overhead_vs_forward_only']:11.3f} "
-              f"{m['samples_per_second']:10.0f}")
+        print(
+            f"{label:28s} {m['overhead']:9.3f} {m['min']:6.3f}..{m['max']:<6.3f} {m['overhead_vs_forward_only']:11.3f} "
+            f"{m['samples_per_second']:10.0f}"
+        )
     print("target: overhead <= 1.15")
 
 

@@ -17,9 +17,18 @@ def digits_gaussian_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from robustcert.train import GaussianLoss, train_model
 
     out = tmp_path_factory.mktemp("gaussian_model")
-    train_model(arch="mlp-2x64", train_data=load_dataset("digits", "train"), test_data=load_dataset("digits", "test"),
-                loss=GaussianLoss(0.25), method="gaussian", method_params={"sigma": 0.25}, out_dir=out,
-                epochs=3, seed=0, show_progress=False)
+    train_model(
+        arch="mlp-2x64",
+        train_data=load_dataset("digits", "train"),
+        test_data=load_dataset("digits", "test"),
+        loss=GaussianLoss(0.25),
+        method="gaussian",
+        method_params={"sigma": 0.25},
+        out_dir=out,
+        epochs=3,
+        seed=0,
+        show_progress=False,
+    )
     return out
 
 
@@ -30,7 +39,16 @@ def digits_standard_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from robustcert.train import StandardLoss, train_model
 
     out = tmp_path_factory.mktemp("standard_model")
-    train_model(arch="mlp-2x64", train_data=load_dataset("digits", "train"), test_data=load_dataset("digits", "test"),
-                loss=StandardLoss(), method="standard", method_params={}, out_dir=out, epochs=5, seed=0,
-                show_progress=False)
+    train_model(
+        arch="mlp-2x64",
+        train_data=load_dataset("digits", "train"),
+        test_data=load_dataset("digits", "test"),
+        loss=StandardLoss(),
+        method="standard",
+        method_params={},
+        out_dir=out,
+        epochs=5,
+        seed=0,
+        show_progress=False,
+    )
     return out

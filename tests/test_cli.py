@@ -23,32 +23,68 @@ def _fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def _certify(model: Path, out: Path, *extra: str) -> list[str]:
-    return ["certify", "smoothing", "--model", str(model), "--limit", "2", "--n", "200", "--n0", "20",
-            "--out", str(out), *extra]
+    return [
+        "certify",
+        "smoothing",
+        "--model",
+        str(model),
+        "--limit",
+        "2",
+        "--n",
+        "200",
+        "--n0",
+        "20",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
-def test_smoothing_bad_parameters(digits_gaussian_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert "sigma must be > 0" in _fail(_certify(digits_gaussian_model, tmp_path / "a", "--sigma", "0"), capsys)
-    assert "sigma must be > 0" in _fail(_certify(digits_gaussian_model, tmp_path / "a", "--sigma", "-1"), capsys)
-    assert "n0 and n must be >= 1" in _fail(_certify(digits_gaussian_model, tmp_path / "b", "--n0", "0"), capsys)
-    assert "n0 and n must be >= 1" in _fail(_certify(digits_gaussian_model, tmp_path / "b", "--n", "-5"), capsys)
-    assert "alpha must be in (0, 1)" in _fail(_certify(digits_gaussian_model, tmp_path / "c", "--alpha", "1.5"), capsys)
-    assert "alpha must be in (0, 1)" in _fail(_certify(digits_gaussian_model, tmp_path / "c", "--alpha", "0"), capsys)
+def test_smoothing_bad_parameters(
+    digits_gaussian_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "sigma must be > 0" in _fail(
+        _certify(digits_gaussian_model, tmp_path / "a", "--sigma", "0"), capsys
+    )
+    assert "sigma must be > 0" in _fail(
+        _certify(digits_gaussian_model, tmp_path / "a", "--sigma", "-1"), capsys
+    )
+    assert "n0 and n must be >= 1" in _fail(
+        _certify(digits_gaussian_model, tmp_path / "b", "--n0", "0"), capsys
+    )
+    assert "n0 and n must be >= 1" in _fail(
+        _certify(digits_gaussian_model, tmp_path / "b", "--n", "-5"), capsys
+    )
+    assert "alpha must be in (0, 1)" in _fail(
+        _certify(digits_gaussian_model, tmp_path / "c", "--alpha", "1.5"), capsys
+    )
+    assert "alpha must be in (0, 1)" in _fail(
+        _certify(digits_gaussian_model, tmp_path / "c", "--alpha", "0"), capsys
+    )
     assert "unknown method" in _fail(["certify", "magic", "--model", str(digits_gaussian_model)], capsys)
 
 
-def test_shape_mismatch_and_nan_data(digits_gaussian_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shape_mismatch_and_nan_data(
+    digits_gaussian_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     np.savez(tmp_path / "small.npz", x=np.random.rand(4, 1, 4, 4).astype(np.float32), y=np.arange(4) % 10)
-    err = _fail(_certify(digits_gaussian_model, tmp_path / "a", "--dataset", f"npz:{tmp_path / 'small.npz'}"), capsys)
+    err = _fail(
+        _certify(digits_gaussian_model, tmp_path / "a", "--dataset", f"npz:{tmp_path / 'small.npz'}"), capsys
+    )
     assert "[1, 4, 4]" in err and "[1, 8, 8]" in err
     x = np.random.rand(4, 1, 8, 8).astype(np.float32)
     x[1, 0, 2, 2] = np.nan
     np.savez(tmp_path / "nan.npz", x=x, y=np.arange(4))
-    assert "NaN" in _fail(_certify(digits_gaussian_model, tmp_path / "b", "--dataset", f"npz:{tmp_path / 'nan.npz'}"), capsys)
+    assert "NaN" in _fail(
+        _certify(digits_gaussian_model, tmp_path / "b", "--dataset", f"npz:{tmp_path / 'nan.npz'}"), capsys
+    )
 
 
 def test_missing_data_and_unknown_arch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    err = _fail(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "m")], capsys)
+    err = _fail(
+        ["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "m")],
+        capsys,
+    )
     assert "apt-get install -y dataset-fashion-mnist" in err
     err = _fail(["train", "--arch", "vgg16", "--epochs", "1", "--out", str(tmp_path / "m2")], capsys)
     assert "unknown architecture 'vgg16'" in err and "cnn-small" in err
@@ -57,11 +93,29 @@ def test_missing_data_and_unknown_arch(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_cli_train_certify_report_round_trip(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "robustcert"]
-    subprocess.run([*run, "train", "--method", "gaussian", "--sigma", "0.25", "--arch", "mlp-2x64", "--epochs", "2",
-                    "--out", str(tmp_path / "m")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *run,
+            "train",
+            "--method",
+            "gaussian",
+            "--sigma",
+            "0.25",
+            "--arch",
+            "mlp-2x64",
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["train"]["method"] == "gaussian" and meta["train"]["sigma"] == 0.25
-    done = subprocess.run([*run, *_certify(tmp_path / "m", tmp_path / "r")], check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [*run, *_certify(tmp_path / "m", tmp_path / "r")], check=True, capture_output=True, text=True
+    )
     assert "certified accuracy" in done.stdout and "1 - alpha" in done.stdout
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     (tmp_path / "r" / "summary.json").unlink()

@@ -65,8 +65,10 @@ def test_fashion_mnist_truncated_file_is_reported(tmp_path: Path) -> None:
         load_fashion_mnist("test", tmp_path)
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
-                    reason="Debian's dataset-fashion-mnist is not installed (make fashion-mnist)")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed (make fashion-mnist)",
+)
 def test_fashion_mnist_real_files() -> None:
     data = load_dataset("fashion-mnist", "test")
     assert data.x.shape == (10000, 1, 28, 28) and sorted(set(data.y.tolist())) == list(range(10))

@@ -14,7 +14,9 @@ from robustcert.models import ARCHITECTURES, Normalize, build_model, load_model,
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 16, 16)])
-def test_every_arch_builds_for_every_shape_and_starts_with_normalize(arch: str, shape: tuple[int, int, int]) -> None:
+def test_every_arch_builds_for_every_shape_and_starts_with_normalize(
+    arch: str, shape: tuple[int, int, int]
+) -> None:
     model = build_model(arch, shape, 10, [0.5] * shape[0], [0.25] * shape[0])
     assert isinstance(model[0], Normalize)
     assert model(torch.rand(3, *shape)).shape == (3, 10)
@@ -38,9 +40,16 @@ def test_unknown_arch_and_bad_shapes() -> None:
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     model = build_model("cnn-small", (1, 8, 8), 10, [0.3], [0.4])
-    meta = {"arch": "cnn-small", "dataset": "digits", "input_shape": [1, 8, 8], "num_classes": 10,
-            "normalize": {"mean": [0.3], "std": [0.4]}, "train": {"method": "standard"}, "seed": 0,
-            "clean_accuracy": 0.5}
+    meta = {
+        "arch": "cnn-small",
+        "dataset": "digits",
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "normalize": {"mean": [0.3], "std": [0.4]},
+        "train": {"method": "standard"},
+        "seed": 0,
+        "clean_accuracy": 0.5,
+    }
     save_model(tmp_path, model, meta)
     loaded, loaded_meta = load_model(tmp_path)
     assert not loaded.training
@@ -48,8 +57,17 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     model.eval()
     assert torch.equal(model(x), loaded(x))
     on_disk = json.loads((tmp_path / "model.json").read_text())
-    for field in ("arch", "dataset", "input_shape", "num_classes", "normalize", "train", "seed", "clean_accuracy",
-                  "robustcert_version"):
+    for field in (
+        "arch",
+        "dataset",
+        "input_shape",
+        "num_classes",
+        "normalize",
+        "train",
+        "seed",
+        "clean_accuracy",
+        "robustcert_version",
+    ):
         assert field in on_disk
     assert loaded_meta["normalize"]["mean"] == [0.3]
 

@@ -32,9 +32,28 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     temp = tmp_path_factory.mktemp("ray")
-    subprocess.run([str(RAY), "start", "--head", "--num-cpus", "2", "--port", str(port), "--node-ip-address",
-                    "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp)],
-                   check=True, env=env, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            str(RAY),
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            "--port",
+            str(port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(temp),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -48,33 +67,74 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _certify(model: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "robustcert", "certify", "smoothing", "--model", str(model), "--n0", "50",
-            "--batch", "200", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "robustcert",
+        "certify",
+        "smoothing",
+        "--model",
+        str(model),
+        "--n0",
+        "50",
+        "--batch",
+        "200",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_ray_rows_equal_serial_rows(ray_cluster: str, digits_gaussian_model: Path, tmp_path: Path) -> None:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run(_certify(digits_gaussian_model, tmp_path / "serial", "--limit", "16", "--n", "1000"), check=True,
-                   env=env, capture_output=True)
-    subprocess.run(_certify(digits_gaussian_model, tmp_path / "ray", "--limit", "16", "--n", "1000", "--ray-address",
-                            ray_cluster), check=True, env=env, capture_output=True)
-    serial, distributed = _rows(tmp_path / "serial" / "results.jsonl"), _rows(tmp_path / "ray" / "results.jsonl")
+    subprocess.run(
+        _certify(digits_gaussian_model, tmp_path / "serial", "--limit", "16", "--n", "1000"),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    subprocess.run(
+        _certify(
+            digits_gaussian_model,
+            tmp_path / "ray",
+            "--limit",
+            "16",
+            "--n",
+            "1000",
+            "--ray-address",
+            ray_cluster,
+        ),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    serial, distributed = (
+        _rows(tmp_path / "serial" / "results.jsonl"),
+        _rows(tmp_path / "ray" / "results.jsonl"),
+    )
     assert len(serial) == 16
     assert serial == distributed
 
 
-def test_killed_worker_loses_no_row_and_duplicates_none(ray_cluster: str, digits_gaussian_model: Path,
-                                                         tmp_path: Path) -> None:
+def test_killed_worker_loses_no_row_and_duplicates_none(
+    ray_cluster: str, digits_gaussian_model: Path, tmp_path: Path
+) -> None:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     args = ("--limit", "30", "--n", "20000")
-    proc = subprocess.Popen(_certify(digits_gaussian_model, tmp_path / "ray", *args, "--ray-address", ray_cluster),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _certify(digits_gaussian_model, tmp_path / "ray", *args, "--ray-address", ray_cluster),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     killed = False
-    deadline = time.time() + 120
+    deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         results = tmp_path / "ray" / "results.jsonl"
-        if results.exists() and len(results.read_text().splitlines()) >= 4:
-            found = subprocess.run(["pgrep", "-f", "ray::_run_shard"], capture_output=True, text=True).stdout.split()
+        if results.exists() and len(results.read_text().splitlines()) >= 2:
+            found = subprocess.run(
+                ["pgrep", "-f", "ray::_run_shard"], capture_output=True, text=True
+            ).stdout.split()
             if found:
                 os.kill(int(found[0]), 9)
                 killed = True
@@ -85,5 +145,7 @@ def test_killed_worker_loses_no_row_and_duplicates_none(ray_cluster: str, digits
     assert proc.returncode == 0, err.decode()[-2000:]
     rows = _rows(tmp_path / "ray" / "results.jsonl")
     assert [r["index"] for r in rows] == list(range(30))  # complete and unique
-    subprocess.run(_certify(digits_gaussian_model, tmp_path / "serial", *args), check=True, env=env, capture_output=True)
+    subprocess.run(
+        _certify(digits_gaussian_model, tmp_path / "serial", *args), check=True, env=env, capture_output=True
+    )
     assert rows == _rows(tmp_path / "serial" / "results.jsonl")

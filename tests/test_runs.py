@@ -26,9 +26,21 @@ def _rows_without_time(path: Path) -> list[dict]:
 
 
 def _run(model: Path, out: Path, resume: bool = False, limit: int = 12, seed: int = 0) -> dict:
-    return certify_run(method="smoothing", model_dir=model, dataset=None, split="test", data_dir=None,
-                       params=dict(SMOOTHING), limit=limit, indices=None, seed=seed, resume=resume, out=out,
-                       show_progress=False, quiet=True)
+    return certify_run(
+        method="smoothing",
+        model_dir=model,
+        dataset=None,
+        split="test",
+        data_dir=None,
+        params=dict(SMOOTHING),
+        limit=limit,
+        indices=None,
+        seed=seed,
+        resume=resume,
+        out=out,
+        show_progress=False,
+        quiet=True,
+    )
 
 
 def test_run_files_and_summary_agree_with_rows(digits_gaussian_model: Path, tmp_path: Path) -> None:
@@ -38,8 +50,22 @@ def test_run_files_and_summary_agree_with_rows(digits_gaussian_model: Path, tmp_
     rows = read_rows(tmp_path / "results.jsonl")
     assert [r["index"] for r in rows] == list(range(12))
     for row in rows:
-        for field in ("index", "label", "prediction", "correct", "certified", "seconds", "method", "radius", "sigma",
-                      "n0", "n", "count", "pA_lower", "alpha"):
+        for field in (
+            "index",
+            "label",
+            "prediction",
+            "correct",
+            "certified",
+            "seconds",
+            "method",
+            "radius",
+            "sigma",
+            "n0",
+            "n",
+            "count",
+            "pA_lower",
+            "alpha",
+        ):
             assert field in row
         assert row["sigma"] == 0.25  # taken from the model's training metadata
         assert row["correct"] == (row["prediction"] == row["label"])
@@ -63,11 +89,25 @@ def test_same_seed_same_rows(digits_gaussian_model: Path, tmp_path: Path) -> Non
     assert [r["count"] for r in a] != [r["count"] for r in c]
 
 
-def test_example_rows_do_not_depend_on_which_examples_run(digits_gaussian_model: Path, tmp_path: Path) -> None:
+def test_example_rows_do_not_depend_on_which_examples_run(
+    digits_gaussian_model: Path, tmp_path: Path
+) -> None:
     _run(digits_gaussian_model, tmp_path / "all", limit=8)
-    certify_run(method="smoothing", model_dir=digits_gaussian_model, dataset=None, split="test", data_dir=None,
-                params=dict(SMOOTHING), limit=None, indices="5,2", seed=0, resume=False, out=tmp_path / "some",
-                show_progress=False, quiet=True)
+    certify_run(
+        method="smoothing",
+        model_dir=digits_gaussian_model,
+        dataset=None,
+        split="test",
+        data_dir=None,
+        params=dict(SMOOTHING),
+        limit=None,
+        indices="5,2",
+        seed=0,
+        resume=False,
+        out=tmp_path / "some",
+        show_progress=False,
+        quiet=True,
+    )
     full = {r["index"]: r for r in _rows_without_time(tmp_path / "all" / "results.jsonl")}
     for row in _rows_without_time(tmp_path / "some" / "results.jsonl"):
         assert row == full[row["index"]]
@@ -98,15 +138,34 @@ def test_select_indices_errors() -> None:
         select_indices(10, indices=[1, 1])
 
 
-def test_killed_subprocess_resumes_without_loss_or_duplicates(digits_gaussian_model: Path, tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "robustcert", "certify", "smoothing", "--model", str(digits_gaussian_model),
-            "--limit", "40", "--n0", "50", "--n", "3000", "--batch", "100"]
+def test_killed_subprocess_resumes_without_loss_or_duplicates(
+    digits_gaussian_model: Path, tmp_path: Path
+) -> None:
+    args = [
+        sys.executable,
+        "-m",
+        "robustcert",
+        "certify",
+        "smoothing",
+        "--model",
+        str(digits_gaussian_model),
+        "--limit",
+        "40",
+        "--n0",
+        "50",
+        "--n",
+        "3000",
+        "--batch",
+        "100",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     reference = tmp_path / "reference"
     subprocess.run([*args, "--out", str(reference)], check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*args, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*args, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     results = killed / "results.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:

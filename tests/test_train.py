@@ -14,15 +14,35 @@ from robustcert.train.factory import make_loss
 
 
 def _train(out: Path, epochs: int, resume: bool = False, loss=None):  # type: ignore[no-untyped-def]
-    return train_model(arch="mlp-2x64", train_data=load_dataset("digits", "train"), test_data=load_dataset("digits", "test"),
-                       loss=loss or GaussianLoss(0.25), method="gaussian", method_params={"sigma": 0.25}, out_dir=out,
-                       epochs=epochs, seed=3, resume=resume, show_progress=False)
+    return train_model(
+        arch="mlp-2x64",
+        train_data=load_dataset("digits", "train"),
+        test_data=load_dataset("digits", "test"),
+        loss=loss or GaussianLoss(0.25),
+        method="gaussian",
+        method_params={"sigma": 0.25},
+        out_dir=out,
+        epochs=epochs,
+        seed=3,
+        resume=resume,
+        show_progress=False,
+    )
 
 
 def test_training_learns_and_writes_a_model_directory(tmp_path: Path) -> None:
-    _, meta = train_model(arch="mlp-2x64", train_data=load_dataset("digits", "train"),
-                          test_data=load_dataset("digits", "test"), loss=StandardLoss(), method="standard",
-                          method_params={}, out_dir=tmp_path, epochs=6, lr=3e-3, seed=0, show_progress=False)
+    _, meta = train_model(
+        arch="mlp-2x64",
+        train_data=load_dataset("digits", "train"),
+        test_data=load_dataset("digits", "test"),
+        loss=StandardLoss(),
+        method="standard",
+        method_params={},
+        out_dir=tmp_path,
+        epochs=6,
+        lr=3e-3,
+        seed=0,
+        show_progress=False,
+    )
     assert meta["clean_accuracy"] > 0.85
     assert (tmp_path / "model.pt").exists() and (tmp_path / "model.json").exists()
     assert meta["history"][-1]["loss"] < meta["history"][0]["loss"]
@@ -64,5 +84,14 @@ def test_bad_training_arguments() -> None:
     with pytest.raises(RobustCertError, match="unknown training method"):
         make_loss("mixup")
     with pytest.raises(RobustCertError, match="epochs"):
-        train_model(arch="mlp-2x64", train_data=load_dataset("digits", "train"), test_data=None, loss=StandardLoss(),
-                    method="standard", method_params={}, out_dir="/tmp/never", epochs=0, show_progress=False)
+        train_model(
+            arch="mlp-2x64",
+            train_data=load_dataset("digits", "train"),
+            test_data=None,
+            loss=StandardLoss(),
+            method="standard",
+            method_params={},
+            out_dir="/tmp/never",
+            epochs=0,
+            show_progress=False,
+        )

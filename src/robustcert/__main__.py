@@ -1,3 +1,3 @@
 from robustcert.cli import main
 
-main()
+raise SystemExit(main())

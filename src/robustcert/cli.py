@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from robustcert.errors import RobustCertError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Certified defenses for PyTorch classifiers.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Certified defenses for PyTorch classifiers."
+)
 
 TRAIN_METHODS = ("standard", "gaussian", "pgd", "ibp", "crown-ibp")
 CERTIFY_METHODS = ("smoothing", "ibp", "crown", "alpha-crown", "exact")
@@ -58,9 +60,20 @@ def train(
     loss, params = make_loss(method, sigma=sigma, eps=eps, norm=norm, pgd_steps=pgd_steps)
     train_data = _load_data(dataset, "train", data_dir)
     test_data = _load_data(dataset, "test", data_dir)
-    _, meta = train_model(arch=arch, train_data=train_data, test_data=test_data, loss=loss, method=method,
-                          method_params=params, out_dir=out, epochs=epochs, batch_size=batch_size, lr=lr,
-                          seed=seed, resume=resume)
+    _, meta = train_model(
+        arch=arch,
+        train_data=train_data,
+        test_data=test_data,
+        loss=loss,
+        method=method,
+        method_params=params,
+        out_dir=out,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        resume=resume,
+    )
     acc = meta.get("clean_accuracy")
     typer.echo(f"trained {arch} ({method}) on {dataset}: test accuracy {100 * acc:.1f}% -> {out}/model.pt")
 
@@ -71,13 +84,17 @@ def certify(
     model: Annotated[Path, typer.Option(help="model directory (model.pt + model.json)")],
     dataset: Annotated[str | None, typer.Option(help="data set (default: the model's)")] = None,
     split: Annotated[str, typer.Option()] = "test",
-    sigma: Annotated[float | None, typer.Option(help="smoothing: noise std (default: the training sigma)")] = None,
+    sigma: Annotated[
+        float | None, typer.Option(help="smoothing: noise std (default: the training sigma)")
+    ] = None,
     n0: Annotated[int, typer.Option(help="smoothing: selection samples")] = 100,
     n: Annotated[int, typer.Option(help="smoothing: estimation samples")] = 10_000,
     alpha: Annotated[float, typer.Option(help="smoothing: failure probability")] = 0.001,
     batch: Annotated[int, typer.Option(help="smoothing: noisy samples per forward pass")] = 1000,
     norm: Annotated[str, typer.Option(help="bounds: linf | l2")] = "linf",
-    eps: Annotated[str, typer.Option(help="bounds: one eps or a comma-separated list")] = "0.01,0.02,0.05,0.1",
+    eps: Annotated[
+        str, typer.Option(help="bounds: one eps or a comma-separated list")
+    ] = "0.01,0.02,0.05,0.1",
     alpha_steps: Annotated[int, typer.Option(help="alpha-crown: optimisation steps")] = 20,
     time_limit: Annotated[float, typer.Option(help="exact: seconds per example and eps")] = 30.0,
     limit: Limit = None,
@@ -92,11 +109,31 @@ def certify(
     """Certify a model on a data split; writes run.json, results.jsonl, summary.json, curve.png."""
     from robustcert.workflows import certify_run
 
-    certify_run(method=method, model_dir=model, dataset=dataset, split=split, data_dir=data_dir,
-                params={"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "batch": batch, "norm": norm,
-                        "eps": eps, "alpha_steps": alpha_steps, "time_limit": time_limit},
-                limit=limit, indices=indices, seed=seed, resume=resume, out=out,
-                ray_address=ray_address, workers=workers)
+    certify_run(
+        method=method,
+        model_dir=model,
+        dataset=dataset,
+        split=split,
+        data_dir=data_dir,
+        params={
+            "sigma": sigma,
+            "n0": n0,
+            "n": n,
+            "alpha": alpha,
+            "batch": batch,
+            "norm": norm,
+            "eps": eps,
+            "alpha_steps": alpha_steps,
+            "time_limit": time_limit,
+        },
+        limit=limit,
+        indices=indices,
+        seed=seed,
+        resume=resume,
+        out=out,
+        ray_address=ray_address,
+        workers=workers,
+    )
 
 
 @app.command()
@@ -123,33 +160,64 @@ def attack(
 
     if method != "pgd":
         raise RobustCertError(f"unknown attack {method!r}; available: pgd")
-    certify_run(method="pgd", model_dir=model, dataset=dataset, split=split, data_dir=data_dir,
-                params={"norm": norm, "eps": eps, "steps": steps, "restarts": restarts},
-                limit=limit, indices=indices, seed=seed, resume=resume, out=out,
-                ray_address=ray_address, workers=workers)
+    certify_run(
+        method="pgd",
+        model_dir=model,
+        dataset=dataset,
+        split=split,
+        data_dir=data_dir,
+        params={"norm": norm, "eps": eps, "steps": steps, "restarts": restarts},
+        limit=limit,
+        indices=indices,
+        seed=seed,
+        resume=resume,
+        out=out,
+        ray_address=ray_address,
+        workers=workers,
+    )
 
 
 @app.command()
-def report(run_dirs: Annotated[list[Path], typer.Argument(help="run directories")]) -> None:
-    """Re-render summary.json, curve.png and the table from existing rows, without recomputing."""
-    from robustcert.workflows import rerender_run
+def evaluate(
+    config: Annotated[Path, typer.Option(help="the report card's TOML config")],
+    out: Out = Path("runs/evaluate"),
+    ray_address: RayAddress = None,
+    workers: Workers = None,
+) -> int:
+    """The report card: clean vs certified accuracy per method and budget, PGD upper limits, attacks on
+    every certificate, latency. Exits with status 3 if any certificate was broken."""
+    from robustcert.workflows import evaluate_and_print
 
+    return evaluate_and_print(config, out, ray_address=ray_address, workers=workers)
+
+
+@app.command()
+def report(run_dirs: Annotated[list[Path], typer.Argument(help="run or evaluate directories")]) -> int:
+    """Re-render summaries, curves and report cards from existing rows, without recomputing."""
+    from robustcert.workflows import rerender
+
+    status = 0
     for run_dir in run_dirs:
-        rerender_run(run_dir)
+        status = max(status, rerender(run_dir))
+    return status
 
 
 @app.command()
-def demo(out: Out = Path("runs/demo"), quick: Annotated[bool, typer.Option(help="smaller, for tests")] = False) -> None:
-    """The main job on the embedded default (digits): Gaussian training, then smoothing certification."""
+def demo(
+    out: Out = Path("runs/demo"), quick: Annotated[bool, typer.Option(help="smaller, for tests")] = False
+) -> int:
+    """The main job on the embedded default (digits): train two models, then the whole report card."""
     from robustcert.workflows import run_demo
 
-    run_demo(Path(out), quick=quick)
+    return run_demo(Path(out), quick=quick)
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Entry point: run the app; bad input → one line on stderr and exit status 2."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and return its exit status (3 = unsound certificates found); bad input →
+    one line on stderr and SystemExit(2)."""
     try:
-        return app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
+        return result if isinstance(result, int) else 0
     except RobustCertError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -166,4 +234,4 @@ def main(argv: list[str] | None = None) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -61,7 +61,10 @@ def resolve_params(method: str, params: dict[str, Any], meta: dict[str, Any]) ->
         if method == "exact":
             resolved["time_limit"] = float(params.get("time_limit", 30.0))
         if method == "pgd":
-            resolved["steps"], resolved["restarts"] = int(params.get("steps", 50)), int(params.get("restarts", 3))
+            resolved["steps"], resolved["restarts"] = (
+                int(params.get("steps", 50)),
+                int(params.get("restarts", 3)),
+            )
         return resolved
     raise RobustCertError(f"unknown method {method!r}; choose one of: {', '.join(CERTIFY_METHODS)}")
 
@@ -80,10 +83,24 @@ def make_certifier(method: str, model: torch.nn.Module, num_classes: int, p: dic
     raise RobustCertError(f"unknown method {method!r}")
 
 
-def certify_run(*, method: str, model_dir: Path, dataset: str | None, split: str, data_dir: Path | None,
-                params: dict[str, Any], limit: int | None, indices: str | list[int] | None, seed: int,
-                resume: bool, out: Path, show_progress: bool = True, quiet: bool = False,
-                ray_address: str | None = None, workers: int | None = None) -> dict[str, Any]:
+def certify_run(
+    *,
+    method: str,
+    model_dir: Path,
+    dataset: str | None,
+    split: str,
+    data_dir: Path | None,
+    params: dict[str, Any],
+    limit: int | None,
+    indices: str | list[int] | None,
+    seed: int,
+    resume: bool,
+    out: Path,
+    show_progress: bool = True,
+    quiet: bool = False,
+    ray_address: str | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
     """Run ``method`` on a model directory over a data split into ``out``; returns the summary.
 
     With ``ray_address`` ("auto" or HOST:PORT) or ``workers`` (start a local Ray with N CPUs) the examples
@@ -101,25 +118,44 @@ def certify_run(*, method: str, model_dir: Path, dataset: str | None, split: str
             f"data set {data.name} has inputs of shape {list(data.input_shape)} but the model takes {meta['input_shape']}"
         )
     if data.num_classes != meta["num_classes"]:
-        raise RobustCertError(f"data set {data.name} has {data.num_classes} classes but the model has {meta['num_classes']}")
+        raise RobustCertError(
+            f"data set {data.name} has {data.num_classes} classes but the model has {meta['num_classes']}"
+        )
     chosen = select_indices(len(data), limit, parse_indices(indices) if isinstance(indices, str) else indices)
     certifier, rows_per_example = make_certifier(method, model, meta["num_classes"], resolved)
     run_info = {
-        "method": method, "params": resolved, "model": str(Path(model_dir).resolve()),
-        "model_sha256": file_sha256(Path(model_dir) / "model.pt"), "dataset": data.name, "split": split,
+        "method": method,
+        "params": resolved,
+        "model": str(Path(model_dir).resolve()),
+        "model_sha256": file_sha256(Path(model_dir) / "model.pt"),
+        "dataset": data.name,
+        "split": split,
     }
     executor = None
     if ray_address or workers:
         from robustcert.runs.ray_backend import ray_executor
 
         executor = ray_executor(ray_address, workers)
-    rows = run_examples(out, run_info, data, chosen, certifier, seed=seed, resume=resume,
-                        rows_per_example=rows_per_example, show_progress=show_progress, executor=executor)
+    rows = run_examples(
+        out,
+        run_info,
+        data,
+        chosen,
+        certifier,
+        seed=seed,
+        resume=resume,
+        rows_per_example=rows_per_example,
+        show_progress=show_progress,
+        executor=executor,
+    )
     summary = summarize(rows, method)
     write_summary(out, summary)
     write_curve(out, rows, method, title=f"{meta['arch']} on {data.name}/{split}")
     if not quiet:
-        print_summary(summary, title=f"{method}: {meta['arch']} on {data.name}/{split}, {summary['n_examples']} examples")
+        print_summary(
+            summary,
+            title=f"{method}: {meta['arch']} on {data.name}/{split}, {summary['n_examples']} examples",
+        )
         print(f"files: {out}/run.json, results.jsonl, summary.json, curve.png")
     return summary
 
@@ -128,7 +164,9 @@ def rerender_run(run_dir: Path) -> dict[str, Any]:
     """Rebuild summary.json and curve.png of ``run_dir`` from its results.jsonl (no recomputation)."""
     run_json = Path(run_dir) / "run.json"
     if not run_json.exists():
-        raise RobustCertError(f"{run_dir} is not a run directory (no run.json)")
+        raise RobustCertError(
+            f"{run_dir} is neither a run directory (run.json) nor an evaluate directory (evaluate.json)"
+        )
     info = json.loads(run_json.read_text())
     rows = read_rows(Path(run_dir) / "results.jsonl")
     if not rows:
@@ -140,30 +178,74 @@ def rerender_run(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
-    """Train a Gaussian-noise cnn-small (σ = 0.25) on digits and certify its test set by smoothing.
+def print_report_card(report: dict[str, Any], out: Path) -> int:
+    """Print the report card's headline; 3 if any certificate was broken (the command's exit status), else 0."""
+    from rich.console import Console
 
-    Resumable: a finished model or finished examples in ``out`` are reused.
-    """
-    from robustcert.data import load_dataset
-    from robustcert.models import read_model_meta
-    from robustcert.train import GaussianLoss, train_model
+    console = Console(width=120)
+    if report["unsound"]:
+        console.print(
+            f"[bold white on red] UNSOUND CERTIFICATES: {len(report['unsound'])} [/] — see {out}/report.html"
+        )
+        for u in report["unsound"][:10]:
+            console.print(
+                f"[red]  {u['model']} {u['method']} {u['norm']} eps={u['eps']:g} example {u['index']}: {u['evidence']}[/]"
+            )
+    from rich.table import Table
 
-    sigma = 0.25
-    model_dir = out / "model"
-    epochs = 3 if quick else 30
-    train_data, test_data = load_dataset("digits", "train"), load_dataset("digits", "test")
-    finished = (model_dir / "model.json").exists() and read_model_meta(model_dir).get("epochs_done") == epochs
-    if not finished:
-        print(f"[1/2] training cnn-small on digits with Gaussian noise σ={sigma} ({epochs} epochs)")
-        train_model(arch="cnn-small", train_data=train_data, test_data=test_data, loss=GaussianLoss(sigma),
-                    method="gaussian", method_params={"sigma": sigma}, out_dir=model_dir, epochs=epochs,
-                    seed=0, resume=True)
-    print(f"[2/2] certifying the digits test set by randomized smoothing (n=10,000, alpha=0.001)")
-    summary = certify_run(
-        method="smoothing", model_dir=model_dir, dataset="digits", split="test", data_dir=None,
-        params={"sigma": sigma, "n0": 100, "n": 1000 if quick else 10_000, "alpha": 0.001, "batch": 1000},
-        limit=20 if quick else None, indices=None, seed=0, resume=True, out=out / "smoothing",
+    table = Table(
+        title=f"report card: {report['dataset']}/{report['split']}, {report['n_examples']} examples"
     )
-    print(f"model: {model_dir}; run: {out / 'smoothing'}")
-    return summary
+    for column in ("model", "clean", "threat @ target", "PGD (upper limit)", "certified"):
+        table.add_column(column)
+    for name, entry in report["models"].items():
+        for norm, target in entry["targets"].items():
+            cert = ", ".join(f"{m} {100 * v:.1f}%" for m, v in target["certified_accuracy"].items())
+            pgd = "—" if target["pgd_accuracy"] is None else f"{100 * target['pgd_accuracy']:.1f}%"
+            clean = "—" if entry["clean_accuracy"] is None else f"{100 * entry['clean_accuracy']:.1f}%"
+            table.add_row(name, clean, f"{norm} @ {target['eps']:g}", pgd, cert)
+    console.print(table)
+    console.print(
+        "smoothing numbers hold with probability >= 1 - alpha; the others are deterministic; PGD is an upper limit"
+    )
+    console.print(f"report: {out}/report.html, report.md, report.json, curves.png, clean_vs_certified.png")
+    return 3 if report["unsound"] else 0
+
+
+def evaluate_and_print(
+    config: Path, out: Path, ray_address: str | None = None, workers: int | None = None
+) -> int:
+    """Run ``robustcert evaluate`` and print its headline; returns the exit status (3 = unsound certificates)."""
+    from robustcert.evaluate import run_evaluate
+
+    report = run_evaluate(config, Path(out), ray_address=ray_address, workers=workers)
+    return print_report_card(report, Path(out))
+
+
+def rerender(run_dir: Path) -> int:
+    """Re-render a run directory or an evaluate directory from its rows; returns an exit status."""
+    from robustcert.evaluate import CONFIG_NAME
+
+    if (Path(run_dir) / CONFIG_NAME).exists():
+        from robustcert.report.card import build_report, write_report
+
+        report = build_report(Path(run_dir))
+        write_report(Path(run_dir), report)
+        return print_report_card(report, Path(run_dir))
+    rerender_run(run_dir)
+    return 0
+
+
+def demo_config(quick: bool = False) -> Path:
+    """The path of the bundled demo config (``quick``: a tiny variant written next to it for tests)."""
+    from importlib.resources import files
+
+    return Path(str(files("robustcert") / "configs" / ("demo_quick.toml" if quick else "demo.toml")))
+
+
+def run_demo(out: Path, quick: bool = False) -> int:
+    """The main job on the embedded default (digits): train a Gaussian-noise cnn-small and a PGD-trained
+    mlp-2x64, then the whole report card (smoothing, IBP, CROWN, alpha-CROWN, exact, PGD, validation,
+    latency). Resumable: finished models and rows in ``out`` are reused. Returns the exit status."""
+    print(f"robustcert demo: the report card on digits -> {out}", flush=True)
+    return evaluate_and_print(demo_config(quick), out)

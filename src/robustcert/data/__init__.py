@@ -26,4 +26,12 @@ def load_dataset(name: str, split: str = "test", data_dir: str | os.PathLike[str
     raise RobustCertError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
 
 
-__all__ = ["Dataset", "load_dataset", "load_digits", "load_fashion_mnist", "load_npz", "validate_examples", "channel_stats"]
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_npz",
+    "validate_examples",
+    "channel_stats",
+]

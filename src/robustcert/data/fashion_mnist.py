@@ -36,12 +36,16 @@ def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
         data = f.read()
     magic = struct.unpack(">I", data[:4])[0]
     if magic != expected_magic:
-        raise RobustCertError(f"{path} is not an IDX file of the expected kind (magic {magic:#x}); re-install the data set")
+        raise RobustCertError(
+            f"{path} is not an IDX file of the expected kind (magic {magic:#x}); re-install the data set"
+        )
     ndim = magic & 0xFF
     dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(dims)):
-        raise RobustCertError(f"{path} is truncated ({array.size} of {int(np.prod(dims))} values); re-install the data set")
+        raise RobustCertError(
+            f"{path} is truncated ({array.size} of {int(np.prod(dims))} values); re-install the data set"
+        )
     return array.reshape(dims)
 
 

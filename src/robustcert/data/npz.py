@@ -23,10 +23,14 @@ def load_npz(path: str | os.PathLike[str], num_classes: int | None = None, split
         raise RobustCertError(f"cannot read {path} as .npz: {exc}") from exc
     keys = (f"x_{split}", f"y_{split}") if f"x_{split}" in arrays else ("x", "y")
     if keys[0] not in arrays or keys[1] not in arrays:
-        raise RobustCertError(f"{path} must hold arrays 'x' and 'y' (or 'x_{split}'/'y_{split}'); it has {sorted(arrays)}")
+        raise RobustCertError(
+            f"{path} must hold arrays 'x' and 'y' (or 'x_{split}'/'y_{split}'); it has {sorted(arrays)}"
+        )
     x_np, y_np = arrays[keys[0]], arrays[keys[1]]
     if not np.issubdtype(x_np.dtype, np.floating):
-        raise RobustCertError(f"{path}: x must be floating point in [0, 1], got dtype {x_np.dtype}; divide 8-bit images by 255")
+        raise RobustCertError(
+            f"{path}: x must be floating point in [0, 1], got dtype {x_np.dtype}; divide 8-bit images by 255"
+        )
     if not np.issubdtype(y_np.dtype, np.integer):
         raise RobustCertError(f"{path}: y must hold integer labels, got dtype {y_np.dtype}")
     if x_np.ndim == 3:
@@ -36,5 +40,9 @@ def load_npz(path: str | os.PathLike[str], num_classes: int | None = None, split
     x = torch.from_numpy(np.ascontiguousarray(x_np, dtype=np.float32))
     y = torch.from_numpy(y_np.astype(np.int64).reshape(-1))
     k = num_classes if num_classes is not None else (int(y.max()) + 1 if y.numel() else 2)
-    mean, std = channel_stats(x) if x.numel() and torch.isfinite(x).all() else ((0.0,) * x.shape[1], (1.0,) * x.shape[1])
+    mean, std = (
+        channel_stats(x)
+        if x.numel() and torch.isfinite(x).all()
+        else ((0.0,) * x.shape[1], (1.0,) * x.shape[1])
+    )
     return Dataset(f"npz:{path}", split, x, y, max(k, 2), mean, std)

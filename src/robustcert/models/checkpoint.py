@@ -62,7 +62,9 @@ def load_model(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise RobustCertError(f"{directory}/model.pt does not match architecture {meta['arch']}: {exc}") from exc
+        raise RobustCertError(
+            f"{directory}/model.pt does not match architecture {meta['arch']}: {exc}"
+        ) from exc
     model.eval()
     return model, meta
 

@@ -96,7 +96,9 @@ def build_model(
     unknown name (listing the known ones) or an input too small for the architecture.
     """
     if arch not in ARCHITECTURES:
-        raise RobustCertError(f"unknown architecture {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}")
+        raise RobustCertError(
+            f"unknown architecture {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}"
+        )
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3 or min(shape) <= 0:
         raise RobustCertError(f"input_shape must be C,H,W with positive sizes, got {tuple(input_shape)}")

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robustcert.report.summary import bound_certified_accuracy, attack_accuracy  # noqa: E402
+from robustcert.report.summary import attack_accuracy, bound_certified_accuracy  # noqa: E402
 
 Row = dict[str, Any]
 

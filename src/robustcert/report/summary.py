@@ -28,7 +28,10 @@ def key(value: float) -> str:
 def smoothing_certified_accuracy(rows: Sequence[Row], radii: Sequence[float]) -> dict[str, float]:
     """Fraction of all examples whose smoothed prediction is correct with certified radius ≥ r."""
     n = len(rows)
-    return {key(r): (sum(1 for row in rows if row["correct"] and float(row["radius"]) >= r) / n if n else 0.0) for r in radii}
+    return {
+        key(r): (sum(1 for row in rows if row["correct"] and float(row["radius"]) >= r) / n if n else 0.0)
+        for r in radii
+    }
 
 
 def bound_certified_accuracy(rows: Sequence[Row]) -> dict[str, float]:
@@ -36,7 +39,10 @@ def bound_certified_accuracy(rows: Sequence[Row]) -> dict[str, float]:
     by_eps: dict[float, list[Row]] = {}
     for row in rows:
         by_eps.setdefault(float(row["eps"]), []).append(row)
-    return {key(e): sum(1 for r in group if r["correct"] and r["certified"]) / len(group) for e, group in sorted(by_eps.items())}
+    return {
+        key(e): sum(1 for r in group if r["correct"] and r["certified"]) / len(group)
+        for e, group in sorted(by_eps.items())
+    }
 
 
 def attack_accuracy(rows: Sequence[Row]) -> dict[str, float]:
@@ -44,7 +50,10 @@ def attack_accuracy(rows: Sequence[Row]) -> dict[str, float]:
     by_eps: dict[float, list[Row]] = {}
     for row in rows:
         by_eps.setdefault(float(row["eps"]), []).append(row)
-    return {key(e): sum(1 for r in group if r["correct"] and not r["attack_success"]) / len(group) for e, group in sorted(by_eps.items())}
+    return {
+        key(e): sum(1 for r in group if r["correct"] and not r["attack_success"]) / len(group)
+        for e, group in sorted(by_eps.items())
+    }
 
 
 def summarize(rows: Sequence[Row], method: str | None = None) -> dict[str, Any]:
@@ -67,7 +76,9 @@ def summarize(rows: Sequence[Row], method: str | None = None) -> dict[str, Any]:
         summary["abstain_rate"] = (sum(1 for r in rows if r["prediction"] == -1) / n) if n else 0.0
         if rows:
             summary.update({k: rows[0][k] for k in ("sigma", "n0", "n", "alpha") if k in rows[0]})
-            summary["guarantee"] = f"each radius holds with probability >= 1 - alpha = {1 - float(rows[0]['alpha']):g} (randomized smoothing)"
+            summary["guarantee"] = (
+                f"each radius holds with probability >= 1 - alpha = {1 - float(rows[0]['alpha']):g} (randomized smoothing)"
+            )
         if any("base_correct" in r for r in rows):
             summary["base_accuracy"] = sum(1 for r in rows if r.get("base_correct")) / n if n else 0.0
     elif method == "pgd":

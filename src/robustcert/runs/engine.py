@@ -1,8 +1,12 @@
 """The run engine: picks examples, runs a per-example certifier on them, stores rows, resumes.
 
 Methods plug in through one callable, ``certify_example(x, y, index, seed) -> list[row]``: the engine
-never knows what a method does. Each example's randomness must depend only on (run seed, index) —
-``example_seed`` gives that seed — so rows do not depend on order, sharding or resumption.
+never knows what a method does. A certifier that is faster on batches (bound propagation) may also
+offer ``certify_batch(xs, ys, indices, seeds) -> list[list[row]]`` and a ``batch_size``; the engine then
+hands it chunks of examples, and still writes each example's rows as one durable unit. Each example's
+randomness must depend only on (run seed, index) — ``example_seed`` gives that seed — so rows do not
+depend on order, sharding or resumption (batched bound computations are per example too; only float
+rounding in the last bits can depend on the chunk).
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ def example_seed(run_seed: int, index: int) -> int:
     return int(ss.generate_state(1, np.uint64)[0] >> 1)
 
 
-def select_indices(n_total: int, limit: int | None = None, indices: Sequence[int] | None = None, seed: int = 0,
-                   shuffle: bool = False) -> list[int]:
+def select_indices(
+    n_total: int,
+    limit: int | None = None,
+    indices: Sequence[int] | None = None,
+    seed: int = 0,
+    shuffle: bool = False,
+) -> list[int]:
     """The example indices of a run: ``indices`` as given, else the first ``limit`` (or a seeded sample)."""
     if indices is not None and limit is not None:
         raise RobustCertError("give either --limit or --indices, not both")
@@ -74,19 +83,27 @@ def parse_indices(text: str | None) -> list[int] | None:
     return out
 
 
-def prepare_run_dir(out_dir: Path, run_info: dict[str, Any], resume: bool, rows_per_example: int) -> list[Row]:
+def prepare_run_dir(
+    out_dir: Path, run_info: dict[str, Any], resume: bool, rows_per_example: int
+) -> list[Row]:
     """Create ``out_dir`` with ``run.json``, or on resume check it matches and return the finished rows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run_path, results_path = out_dir / "run.json", out_dir / "results.jsonl"
     info = {**run_info, "robustcert_version": robustcert.__version__}
     if run_path.exists() or results_path.exists():
         if not resume:
-            raise RobustCertError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+            raise RobustCertError(
+                f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
         if run_path.exists():
             old = json.loads(run_path.read_text())
-            diffs = sorted(k for k in set(old) | set(info) if k != "robustcert_version" and old.get(k) != info.get(k))
+            diffs = sorted(
+                k for k in set(old) | set(info) if k != "robustcert_version" and old.get(k) != info.get(k)
+            )
             if diffs:
-                raise RobustCertError(f"cannot resume {out_dir}: run.json differs in {diffs}; use the same arguments or another --out")
+                raise RobustCertError(
+                    f"cannot resume {out_dir}: run.json differs in {diffs}; use the same arguments or another --out"
+                )
         done = read_complete_rows(results_path, rows_per_example)
         rewrite_rows(results_path, done)  # drop a torn line or a half-written example
     else:
@@ -109,13 +126,17 @@ def run_examples(
     rows_per_example: int = 1,
     show_progress: bool = True,
     on_rows: Callable[[list[Row]], None] | None = None,
-    executor: Callable[[Iterable[int], Callable[[int], list[Row]]], Iterable[list[Row]]] | None = None,
+    executor: Callable[
+        [list[tuple[int, ...]], Callable[[tuple[int, ...]], list[list[Row]]]], Iterable[list[list[Row]]]
+    ]
+    | None = None,
 ) -> list[Row]:
     """Certify ``data.x[indices]`` (indices are positions in the split) into ``out_dir`` and return all rows in ``indices`` order.
 
     Rows are appended to ``results.jsonl`` and flushed as each example finishes. With ``resume``, examples
     that already have all their rows are skipped; a half-written example is redone. ``executor`` maps the
-    per-example job over pending indices (in process by default; see ``runs.ray_backend``).
+    job over chunks of pending indices and yields each chunk's rows (in process by default; see
+    ``runs.ray_backend``).
     """
     out = Path(out_dir)
     info = {**run_info, "indices": list(indices), "seed": seed}
@@ -124,24 +145,37 @@ def run_examples(
     pending = [i for i in indices if i not in done_indices]
     position = {int(i): k for k, i in enumerate(indices)}
 
-    def job(index: int) -> list[Row]:
-        x, y = data.x[index], int(data.y[index])
-        start = time.perf_counter()
-        rows = certify_example(x, y, index, example_seed(seed, index))
-        seconds = time.perf_counter() - start
-        for row in rows:
-            row.setdefault("seconds", seconds / len(rows))
-        return rows
+    batched = getattr(certify_example, "certify_batch", None)
+    chunk_size = int(getattr(certify_example, "batch_size", 1)) if batched else 1
 
+    def job(chunk: tuple[int, ...]) -> list[list[Row]]:
+        start = time.perf_counter()
+        seeds = [example_seed(seed, i) for i in chunk]
+        if batched is not None:
+            idx = torch.as_tensor(chunk, dtype=torch.long)
+            per_example = batched(data.x[idx], [int(v) for v in data.y[idx]], list(chunk), seeds)
+        else:
+            per_example = [
+                certify_example(data.x[i], int(data.y[i]), i, s) for i, s in zip(chunk, seeds, strict=True)
+            ]
+        seconds = (time.perf_counter() - start) / len(chunk)  # amortised over the chunk
+        for rows in per_example:
+            for row in rows:
+                row.setdefault("seconds", seconds / len(rows))
+        return per_example
+
+    chunks = [tuple(pending[k : k + chunk_size]) for k in range(0, len(pending), chunk_size)]
     new_rows: list[Row] = []
-    runner = executor or (lambda items, fn: (fn(i) for i in items))
-    with progress(f"certify {run_info.get('method', '')}", len(pending), show_progress) as bar, RowWriter(out / "results.jsonl") as writer:
-        for rows in runner(pending, job):
-            writer.write(rows)
-            new_rows.extend(rows)
-            if on_rows:
-                on_rows(rows)
-            bar.advance(1)
+    runner = executor or (lambda items, fn: (fn(c) for c in items))
+    label = f"certify {run_info.get('method', '')}"
+    with progress(label, len(pending), show_progress) as bar, RowWriter(out / "results.jsonl") as writer:
+        for per_example in runner(chunks, job):
+            for rows in per_example:
+                writer.write(rows)
+                new_rows.extend(rows)
+                if on_rows:
+                    on_rows(rows)
+            bar.advance(len(per_example))
     all_rows = done + new_rows
     all_rows.sort(key=lambda r: (position[int(r["index"])], float(r.get("eps", 0.0))))
     return all_rows

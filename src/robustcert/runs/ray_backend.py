@@ -17,11 +17,14 @@ from robustcert.errors import RobustCertError
 Row = dict[str, Any]
 
 
-def _run_shard(job: Callable[[int], list[Row]], shard: list[int]) -> list[tuple[int, list[Row]]]:
+Chunk = tuple[int, ...]
+
+
+def _run_shard(job: Callable[[Chunk], list[list[Row]]], shard: list[Chunk]) -> list[list[list[Row]]]:
     import torch
 
     torch.set_num_threads(1)
-    return [(index, job(index)) for index in shard]
+    return [job(chunk) for chunk in shard]
 
 
 def connect(address: str | None = None, workers: int | None = None) -> Any:
@@ -40,17 +43,20 @@ def connect(address: str | None = None, workers: int | None = None) -> Any:
                 raise RobustCertError(f"--workers must be >= 1, got {workers}")
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except ConnectionError as exc:
-        raise RobustCertError(f"cannot reach a Ray cluster at {address!r}: {exc}; start one with `ray start --head`") from exc
+        raise RobustCertError(
+            f"cannot reach a Ray cluster at {address!r}: {exc}; start one with `ray start --head`"
+        ) from exc
     return ray
 
 
-def ray_executor(address: str | None = None, workers: int | None = None, shard_size: int = 2,
-                 max_retries: int = 5) -> Callable[[Iterable[int], Callable[[int], list[Row]]], Iterator[list[Row]]]:
-    """An executor for ``runs.run_examples``: yields each example's rows as its shard finishes."""
+def ray_executor(
+    address: str | None = None, workers: int | None = None, shard_size: int = 2, max_retries: int = 5
+) -> Callable[[Iterable[Chunk], Callable[[Chunk], list[list[Row]]]], Iterator[list[list[Row]]]]:
+    """An executor for ``runs.run_examples``: yields each chunk's rows (per example) as its shard finishes."""
     if shard_size <= 0:
         raise RobustCertError(f"shard size must be >= 1, got {shard_size}")
 
-    def execute(items: Iterable[int], job: Callable[[int], list[Row]]) -> Iterator[list[Row]]:
+    def execute(items: Iterable[Chunk], job: Callable[[Chunk], list[list[Row]]]) -> Iterator[list[list[Row]]]:
         items = list(items)
         if not items:
             return
@@ -62,8 +68,7 @@ def ray_executor(address: str | None = None, workers: int | None = None, shard_s
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
-                for _, rows in ray.get(done[0]):
-                    yield rows
+                yield from ray.get(done[0])
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)

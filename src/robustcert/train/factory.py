@@ -8,7 +8,9 @@ from robustcert.errors import RobustCertError
 from robustcert.train.losses import GaussianLoss, StandardLoss
 
 
-def make_loss(method: str, *, sigma: float = 0.25, eps: float = 0.1, norm: str = "linf", pgd_steps: int = 10) -> tuple[Any, dict[str, Any]]:
+def make_loss(
+    method: str, *, sigma: float = 0.25, eps: float = 0.1, norm: str = "linf", pgd_steps: int = 10
+) -> tuple[Any, dict[str, Any]]:
     """The loss for ``method`` and its recorded parameters; RobustCertError for an unknown method."""
     if method == "standard":
         loss: Any = StandardLoss()
@@ -23,5 +25,7 @@ def make_loss(method: str, *, sigma: float = 0.25, eps: float = 0.1, norm: str =
 
         loss = BoundLoss(method=method, eps=eps)
     else:
-        raise RobustCertError(f"unknown training method {method!r}; choose one of: standard, gaussian, pgd, ibp, crown-ibp")
+        raise RobustCertError(
+            f"unknown training method {method!r}; choose one of: standard, gaussian, pgd, ibp, crown-ibp"
+        )
     return loss, loss.params()

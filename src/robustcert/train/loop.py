@@ -30,7 +30,9 @@ Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor, LossContext], torch.Tens
 
 def derived_seed(*parts: int) -> int:
     """A stable 63-bit seed from integers (numpy SeedSequence), e.g. (run seed, epoch)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1
+    )
 
 
 @torch.no_grad()
@@ -105,7 +107,9 @@ def train_model(
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
     elif not resume and state_path.exists():
-        raise RobustCertError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+        raise RobustCertError(
+            f"{out} already holds a training run; pass --resume to continue it or choose another --out"
+        )
 
     meta: dict[str, Any] = {}
     total_steps = epochs * steps_per_epoch
@@ -121,7 +125,9 @@ def train_model(
                 ctx = LossContext(gen, (epoch * steps_per_epoch + step) / total_steps)
                 value = loss(model, x, y, ctx)
                 if not torch.isfinite(value):
-                    raise RobustCertError(f"training diverged at epoch {epoch + 1} (loss {float(value)}); lower --lr")
+                    raise RobustCertError(
+                        f"training diverged at epoch {epoch + 1} (loss {float(value)}); lower --lr"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
                 optimizer.step()
@@ -140,7 +146,13 @@ def train_model(
                 "input_shape": list(train_data.input_shape),
                 "num_classes": train_data.num_classes,
                 "normalize": {"mean": list(train_data.mean), "std": list(train_data.std)},
-                "train": {"method": method, **method_params, "epochs": epochs, "batch_size": batch_size, "lr": lr},
+                "train": {
+                    "method": method,
+                    **method_params,
+                    "epochs": epochs,
+                    "batch_size": batch_size,
+                    "lr": lr,
+                },
                 "seed": seed,
                 "clean_accuracy": record.get("test_accuracy"),
                 "epochs_done": epoch + 1,

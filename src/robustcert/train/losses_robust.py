@@ -42,7 +42,9 @@ class PGDLoss:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         from robustcert.attacks import perturb_for_training
 
-        x_adv = perturb_for_training(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, generator=ctx.generator)
+        x_adv = perturb_for_training(
+            model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, generator=ctx.generator
+        )
         return F.cross_entropy(model(x_adv), y)
 
 
