@@ -186,42 +186,67 @@ def exact_certifier(
     return certify_example
 
 
-def pgd_certifier(
-    model: nn.Module, norm: str, eps_list: Sequence[float], steps: int, restarts: int
-) -> CertifyExample:
-    """Rows of a PGD attack per eps: ``attack_success`` when PGD finds a misclassified point in the ball."""
-    from robustcert.attacks import pgd_attack
+class PGDCertifier:
+    """Rows of a PGD attack per eps: ``attack_success`` when the example is misclassified or PGD finds a
+    misclassified point in the ball. Batched over examples; each example's random starts come from its
+    own seed, so its row does not depend on the other examples in the batch."""
 
-    def certify_example(x: torch.Tensor, y: int, index: int, seed: int) -> list[Row]:
-        rows = []
-        pred = _clean_prediction(model, x)
-        for eps in eps_list:
+    def __init__(
+        self,
+        model: nn.Module,
+        norm: str,
+        eps_list: Sequence[float],
+        steps: int,
+        restarts: int,
+        batch_size: int = 32,
+    ) -> None:
+        self.model, self.norm, self.eps_list = model, norm, list(eps_list)
+        self.steps, self.restarts, self.batch_size = steps, restarts, batch_size
+
+    def __call__(self, x: torch.Tensor, y: int, index: int, seed: int) -> list[Row]:
+        return self.certify_batch(x.unsqueeze(0), [y], [index], [seed])[0]
+
+    def certify_batch(
+        self, xs: torch.Tensor, ys: list[int], indices: list[int], seeds: list[int]
+    ) -> list[list[Row]]:
+        from robustcert.attacks import pgd_attack
+
+        with single_thread(), torch.no_grad():
+            preds = self.model(xs).argmax(1).tolist()
+        out: list[list[Row]] = [[] for _ in ys]
+        for eps in self.eps_list:
             with single_thread():
                 res = pgd_attack(
-                    model,
-                    x.unsqueeze(0),
-                    torch.tensor([y]),
+                    self.model,
+                    xs,
+                    torch.tensor(ys),
                     eps=eps,
-                    norm=norm,
-                    steps=steps,
-                    restarts=restarts,
-                    seed=seed,
+                    norm=self.norm,
+                    steps=self.steps,
+                    restarts=self.restarts,
+                    seed=[s % (2**63) for s in seeds],
                 )
-            adv_margin = float(res.adv_margin[0])
-            rows.append(
-                {
-                    "index": index,
-                    "label": y,
-                    "method": "pgd",
-                    "prediction": pred,
-                    "correct": pred == y,
-                    "certified": False,
-                    "norm": norm,
-                    "eps": float(eps),
-                    "attack_success": bool(pred != y or adv_margin < 0),
-                    "adv_margin": adv_margin,
-                }
-            )
-        return rows
+            margins = res.adv_margin.tolist()
+            for k, (index, y, pred) in enumerate(zip(indices, ys, preds, strict=True)):
+                out[k].append(
+                    {
+                        "index": index,
+                        "label": y,
+                        "method": "pgd",
+                        "prediction": pred,
+                        "correct": pred == y,
+                        "certified": False,
+                        "norm": self.norm,
+                        "eps": float(eps),
+                        "attack_success": bool(pred != y or margins[k] < 0),
+                        "adv_margin": float(margins[k]),
+                    }
+                )
+        return out
 
-    return certify_example
+
+def pgd_certifier(
+    model: nn.Module, norm: str, eps_list: Sequence[float], steps: int, restarts: int
+) -> PGDCertifier:
+    """A :class:`PGDCertifier` (callable per example, with ``certify_batch`` for chunks)."""
+    return PGDCertifier(model, norm, eps_list, steps, restarts)

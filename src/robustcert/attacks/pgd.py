@@ -28,7 +28,7 @@ verified in float64 (and nudged by one ulp where rounding put it on the wrong si
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -280,7 +280,7 @@ def pgd(
     step_size: float | None = None,
     restarts: int = 3,
     random_start: bool = True,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     loss: str = "margin",
 ) -> torch.Tensor:
     """Adversarial inputs for a batch ``x`` ([B, ...], values in [0, 1]) with labels ``y`` ([B]).
@@ -291,12 +291,32 @@ def pgd(
     given ``norm`` (verified in float64). Starts: run 0 starts at ``x`` itself when ``random_start`` is
     False or when ``restarts >= 2`` (a run from the clean point often finds what random starts miss);
     every other run starts at a uniform point of the ball, drawn from a generator seeded with ``seed``
-    (so results repeat exactly).
+    (so results repeat exactly); ``seed`` may also be one seed per example, which makes each example's
+    starts independent of the rest of the batch.
     ``loss`` is the ascent objective: ``"margin"`` (−margin, Carlini–Wagner style) or ``"ce"``.
     The model runs in eval mode and its mode is restored; parameter gradients are not touched.
     """
     x_adv, _ = _pgd_impl(model, x, y, eps, norm, steps, step_size, restarts, random_start, seed, loss)
     return x_adv
+
+
+def _generators(seed: int | Sequence[int], batch: int, device: torch.device) -> list[torch.Generator]:
+    """One generator for the batch (an int seed), or one per example (a sequence of B seeds), so that an
+    example's random starts do not depend on which other examples share its batch."""
+    seeds = [int(seed)] if isinstance(seed, int) else [int(s) for s in seed]
+    if not isinstance(seed, int) and len(seeds) != batch:
+        raise RobustCertError(
+            f"seed must be an int or one seed per example ({batch}), got {len(seeds)} seeds"
+        )
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
+def _random_starts(
+    x: torch.Tensor, eps_in: float, norm: str, generators: list[torch.Generator]
+) -> torch.Tensor:
+    if len(generators) == 1:
+        return _random_start(x, eps_in, norm, generators[0])
+    return torch.cat([_random_start(x[b : b + 1], eps_in, norm, g) for b, g in enumerate(generators)])
 
 
 def _pgd_impl(
@@ -309,7 +329,7 @@ def _pgd_impl(
     step_size: float | None,
     restarts: int,
     random_start: bool,
-    seed: int,
+    seed: int | Sequence[int],
     loss: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     eps = _check_eps(eps)
@@ -323,8 +343,7 @@ def _pgd_impl(
     x = x.detach()
     eps_in = _inner_eps(eps, norm)
     sizes = _step_sizes(alpha, steps)
-    generator = torch.Generator(device=x.device)
-    generator.manual_seed(int(seed))
+    generators = _generators(seed, x.shape[0], x.device)
     view = (-1,) + (1,) * (x.ndim - 1)
 
     with eval_mode(model):
@@ -334,7 +353,7 @@ def _pgd_impl(
         if eps_in > 0:
             for r in range(restarts):
                 if r > 0 or (random_start and restarts == 1):
-                    cur = _random_start(x, eps_in, norm, generator)
+                    cur = _random_starts(x, eps_in, norm, generators)
                 else:
                     cur = x.clone()
                 for t in range(steps + 1):
@@ -361,7 +380,7 @@ def pgd_attack(
     step_size: float | None = None,
     restarts: int = 3,
     random_start: bool = True,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     loss: str = "margin",
 ) -> AttackResult:
     """:func:`pgd` plus the margins: see :class:`AttackResult` for what each field guarantees."""

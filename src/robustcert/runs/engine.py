@@ -164,18 +164,23 @@ def run_examples(
                 row.setdefault("seconds", seconds / len(rows))
         return per_example
 
-    chunks = [tuple(pending[k : k + chunk_size]) for k in range(0, len(pending), chunk_size)]
+    # Chunks partition the whole index list, so a resumed run recomputes exactly the chunks an
+    # uninterrupted run would have (same batch composition, same float rounding); finished examples of a
+    # half-written chunk are recomputed but not written again.
+    chunks = [tuple(indices[k : k + chunk_size]) for k in range(0, len(indices), chunk_size)]
+    chunks = [c for c in chunks if any(i not in done_indices for i in c)]
     new_rows: list[Row] = []
     runner = executor or (lambda items, fn: (fn(c) for c in items))
     label = f"certify {run_info.get('method', '')}"
     with progress(label, len(pending), show_progress) as bar, RowWriter(out / "results.jsonl") as writer:
         for per_example in runner(chunks, job):
-            for rows in per_example:
+            fresh = [rows for rows in per_example if int(rows[0]["index"]) not in done_indices]
+            for rows in fresh:
                 writer.write(rows)
                 new_rows.extend(rows)
                 if on_rows:
                     on_rows(rows)
-            bar.advance(len(per_example))
+            bar.advance(len(fresh))
     all_rows = done + new_rows
     all_rows.sort(key=lambda r: (position[int(r["index"])], float(r.get("eps", 0.0))))
     return all_rows
