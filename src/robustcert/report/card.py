@@ -418,10 +418,12 @@ def render_html(report: dict[str, Any], out: Path) -> str:
     def flush_table() -> None:
         if table:
             head, *rest = table
+
             def cells(line, tag):
                 return "".join(
-                            f"<{tag}>{html.escape(c.strip())}</{tag}>" for c in line.strip().strip("|").split("|")
-                        )  # noqa: E731
+                    f"<{tag}>{html.escape(c.strip())}</{tag}>" for c in line.strip().strip("|").split("|")
+                )  # noqa: E731
+
             body.append(
                 "<table><tr>"
                 + cells(head, "th")

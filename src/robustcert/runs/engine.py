@@ -26,14 +26,9 @@ from robustcert.data.base import Dataset
 from robustcert.errors import RobustCertError
 from robustcert.progress import progress
 from robustcert.runs.store import Row, RowWriter, read_complete_rows, rewrite_rows
+from robustcert.seeding import example_seed
 
 CertifyExample = Callable[[torch.Tensor, int, int, int], list[Row]]
-
-
-def example_seed(run_seed: int, index: int) -> int:
-    """The seed of one example's randomness: a stable hash of (run seed, example index)."""
-    ss = np.random.SeedSequence([int(run_seed) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF, 0x5EED])
-    return int(ss.generate_state(1, np.uint64)[0] >> 1)
 
 
 def select_indices(

@@ -39,7 +39,7 @@ from robustcert.smoothing.stats import binomial_test_two_sided, clopper_pearson_
 ABSTAIN = -1
 
 # Independent random streams derived from one seed. The domain word keeps these streams apart from the
-# per-example seeds of :func:`seed_for`, which use a one-word spawn key.
+# per-example seeds of :func:`robustcert.seeding.example_seed`.
 _DOMAIN = 0x736D6F6F  # "smoo"
 _STREAM_SELECTION = 0
 _STREAM_ESTIMATION = 1
@@ -55,16 +55,6 @@ def _as_nonneg_int(value: object, name: str) -> int:
 def _hash_seed(entropy: int, spawn_key: tuple[int, ...]) -> int:
     state = np.random.SeedSequence(entropy, spawn_key=spawn_key).generate_state(1, dtype=np.uint64)
     return int(state[0]) >> 1  # 63 bits: a valid seed for torch and numpy alike
-
-
-def seed_for(run_seed: int, index: int) -> int:
-    """A stable 63-bit seed for example ``index`` of a run seeded with ``run_seed``.
-
-    Depends only on (run_seed, index) — via numpy's SeedSequence hash, whose output is fixed across
-    platforms and versions — so a sharded run draws the same noise for each example as a serial one,
-    and different examples get unrelated streams.
-    """
-    return _hash_seed(_as_nonneg_int(run_seed, "run_seed"), (_as_nonneg_int(index, "index"),))
 
 
 def _stream_seed(seed: int, stream: int) -> int:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,16 +22,10 @@ from robustcert.errors import RobustCertError
 from robustcert.models.checkpoint import save_model
 from robustcert.models.zoo import build_model
 from robustcert.progress import progress
+from robustcert.seeding import derived_seed
 from robustcert.train.losses import LossContext
 
 Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor, LossContext], torch.Tensor]
-
-
-def derived_seed(*parts: int) -> int:
-    """A stable 63-bit seed from integers (numpy SeedSequence), e.g. (run seed, epoch)."""
-    return int(
-        np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1
-    )
 
 
 @torch.no_grad()
