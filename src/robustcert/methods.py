@@ -7,7 +7,6 @@ the engine and the report see rows only.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from robustcert.errors import RobustCertError
+from robustcert.validation import check_eps
 
 Row = dict[str, Any]
 CertifyExample = Callable[[torch.Tensor, int, int, int], list[Row]]
@@ -33,10 +33,7 @@ def parse_eps_list(text: str | Sequence[float]) -> list[float]:
         raise RobustCertError(f"--eps must be numbers separated by commas, got {text!r}") from exc
     if not values:
         raise RobustCertError("--eps needs at least one value")
-    for v in values:
-        if not math.isfinite(v) or v < 0:
-            raise RobustCertError(f"eps must be finite and >= 0, got {v}")
-    return values
+    return [check_eps(v) for v in values]
 
 
 @contextmanager

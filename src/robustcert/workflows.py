@@ -25,14 +25,9 @@ from robustcert.methods import (
 from robustcert.models import file_sha256, load_model
 from robustcert.report import print_summary, summarize, write_curve, write_summary
 from robustcert.runs import parse_indices, read_rows, run_examples, select_indices
+from robustcert.validation import check_norm
 
 CERTIFY_METHODS = ("smoothing", *BOUND_METHODS, "exact", "pgd")
-
-
-def _check_norm(norm: str) -> str:
-    if norm not in ("linf", "l2"):
-        raise RobustCertError(f"unknown norm {norm!r}; use linf or l2")
-    return norm
 
 
 def resolve_params(method: str, params: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +50,7 @@ def resolve_params(method: str, params: dict[str, Any], meta: dict[str, Any]) ->
             raise RobustCertError(f"batch must be >= 1, got {resolved['batch']}")
         return resolved
     if method in (*BOUND_METHODS, "exact", "pgd"):
-        resolved = {"norm": _check_norm(params["norm"]), "eps": parse_eps_list(params["eps"])}
+        resolved = {"norm": check_norm(params["norm"]), "eps": parse_eps_list(params["eps"])}
         if method == "alpha-crown":
             resolved["alpha_steps"] = int(params.get("alpha_steps", 20))
         if method == "exact":

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcert.errors import RobustCertError
+from robustcert.validation import check_eps, check_norm
 
-NORMS = ("linf", "l2")
 LOSSES = ("margin", "ce")
 
 # Shrinks that keep returned points strictly inside the ball despite float32 rounding.
@@ -80,22 +80,6 @@ def _margin_from_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     others = logits.clone()
     others.scatter_(1, y.view(-1, 1), float("-inf"))
     return true - others.max(dim=1).values
-
-
-def _check_eps(eps: float) -> float:
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise RobustCertError(f"eps must be a number, got {eps!r}") from None
-    if math.isnan(value) or value < 0 or math.isinf(value):
-        raise RobustCertError(f"eps must be a finite number >= 0, got {eps!r}")
-    return value
-
-
-def _check_norm(norm: str) -> str:
-    if norm not in NORMS:
-        raise RobustCertError(f"unknown norm {norm!r}; use one of: {', '.join(NORMS)}")
-    return norm
 
 
 def _check_inputs(
@@ -332,8 +316,8 @@ def _pgd_impl(
     seed: int | Sequence[int],
     loss: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    eps = _check_eps(eps)
-    norm = _check_norm(norm)
+    eps = check_eps(eps)
+    norm = check_norm(norm)
     if loss not in LOSSES:
         raise RobustCertError(f"unknown attack loss {loss!r}; use one of: {', '.join(LOSSES)}")
     if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
@@ -408,8 +392,8 @@ def perturb_for_training(
     every module's mode is restored afterwards (so a training loop can call this in train mode), and no
     parameter gradients are accumulated.
     """
-    eps = _check_eps(eps)
-    norm = _check_norm(norm)
+    eps = check_eps(eps)
+    norm = check_norm(norm)
     steps, alpha = _check_schedule(steps, step_size, eps)
     x, y, _ = _check_inputs(model, x, y)
     x = x.detach()

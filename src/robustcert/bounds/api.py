@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,9 +15,9 @@ from robustcert.errors import RobustCertError
 from robustcert.graph.convert import to_graph
 from robustcert.graph.ir import Graph
 from robustcert.graph.ops import numel
+from robustcert.validation import check_eps, check_norm
 
 METHODS = ("ibp", "crown", "alpha-crown")
-NORMS = ("linf", "l2")
 INTERMEDIATE = ("crown", "ibp")
 
 Model = nn.Module | Graph
@@ -28,16 +27,6 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise RobustCertError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
     return value
-
-
-def _check_eps(eps: Any) -> float:
-    try:
-        e = float(eps)
-    except (TypeError, ValueError) as exc:
-        raise RobustCertError(f"eps must be a number >= 0, got {eps!r}") from exc
-    if math.isnan(e) or e < 0 or math.isinf(e):
-        raise RobustCertError(f"eps must be a finite number >= 0, got {eps!r}")
-    return e
 
 
 def _check_batch(t: Any, what: str) -> Tensor:
@@ -70,7 +59,7 @@ def _input_set(x: Tensor | None, eps: Any, norm: str, box: Any) -> InputSet:
         return InputSet(lo, hi)
     if x is None:
         raise RobustCertError("x is None; pass inputs x (with eps) or an explicit box=(lo, hi)")
-    e = _check_eps(eps)
+    e = check_eps(eps)
     x64 = _check_batch(x, "x")
     if bool(((x64 < 0) | (x64 > 1)).any()):
         raise RobustCertError(
@@ -84,7 +73,7 @@ def _input_set(x: Tensor | None, eps: Any, norm: str, box: Any) -> InputSet:
 
 def _setup(model: Model, x: Tensor | None, eps: Any, norm: str, method: str, box: Any, intermediate: str):
     _check_choice("method", method, METHODS)
-    _check_choice("norm", norm, NORMS)
+    check_norm(norm)
     _check_choice("intermediate", intermediate, INTERMEDIATE)
     inset = _input_set(x, eps, norm, box)
     graph = to_graph(model, tuple(inset.lo.shape[1:]))

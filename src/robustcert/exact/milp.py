@@ -47,6 +47,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
 from robustcert.errors import RobustCertError
+from robustcert.validation import check_eps
 
 _WIDEN_REL = 1e-9
 _WIDEN_ABS = 1e-12
@@ -352,12 +353,7 @@ def _domain(
         raise RobustCertError("pass x with eps, or box=(lo, hi)")
     if eps is None:
         raise RobustCertError("eps is required when no box is given")
-    try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        raise RobustCertError(f"eps must be a number, got {eps!r}") from None
-    if math.isnan(e) or e < 0 or math.isinf(e):
-        raise RobustCertError(f"eps must be a finite number >= 0, got {eps!r}")
+    e = check_eps(eps)
     if bool((x < 0).any()) or bool((x > 1).any()):
         raise RobustCertError("x has values outside [0, 1]; inputs must be in [0, 1]")
     x64 = x.double().numpy().ravel()

@@ -4,20 +4,13 @@ CROWN-IBP (Zhang et al. 2020). Each is a loss for the shared loop in ``train.loo
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustcert.errors import RobustCertError
 from robustcert.train.losses import LossContext
-
-
-def _check_eps(eps: float) -> float:
-    if not (math.isfinite(eps) and eps >= 0):
-        raise RobustCertError(f"training eps must be finite and >= 0, got {eps}")
-    return float(eps)
+from robustcert.validation import check_eps, check_norm
 
 
 class PGDLoss:
@@ -30,11 +23,10 @@ class PGDLoss:
     name = "pgd"
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 10) -> None:
-        if norm not in ("linf", "l2"):
-            raise RobustCertError(f"unknown norm {norm!r} for PGD training; use linf or l2")
+        check_norm(norm)
         if steps <= 0:
             raise RobustCertError(f"--pgd-steps must be >= 1, got {steps}")
-        self.eps, self.norm, self.steps = _check_eps(eps), norm, int(steps)
+        self.eps, self.norm, self.steps = check_eps(eps, "training eps"), norm, int(steps)
 
     def params(self) -> dict[str, float | str | int]:
         return {"eps": self.eps, "norm": self.norm, "pgd_steps": self.steps}
@@ -61,7 +53,7 @@ class BoundLoss:
     def __init__(self, method: str, eps: float, warmup: float = 0.1, ramp_end: float = 0.5) -> None:
         if method not in ("ibp", "crown-ibp"):
             raise RobustCertError(f"unknown certified training method {method!r}")
-        self.name, self.eps = method, _check_eps(eps)
+        self.name, self.eps = method, check_eps(eps, "training eps")
         self.warmup, self.ramp_end = warmup, ramp_end
 
     def params(self) -> dict[str, float | str]:
