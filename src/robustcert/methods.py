@@ -158,12 +158,19 @@ def exact_certifier(
     if norm != "linf":
         raise RobustCertError("the exact MILP verifier supports --norm linf only")
 
+    graph: Any = None
+
     def certify_example(x: torch.Tensor, y: int, index: int, seed: int) -> list[Row]:
+        nonlocal graph
+        if graph is None:
+            from robustcert.graph import to_graph
+
+            graph = to_graph(model, tuple(x.shape))  # converted once per run, not per example and eps
         rows = []
         pred = _clean_prediction(model, x)
         for eps in eps_list:
             with single_thread():
-                res = exact_margin(model, x.unsqueeze(0), y, eps=eps, time_limit=time_limit)
+                res = exact_margin(graph, x.unsqueeze(0), y, eps=eps, time_limit=time_limit)
             rows.append(
                 {
                     "index": index,

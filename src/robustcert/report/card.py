@@ -22,7 +22,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from robustcert.errors import RobustCertError  # noqa: E402
-from robustcert.report.summary import key  # noqa: E402
+from robustcert.report.summary import (  # noqa: E402
+    attack_accuracy,
+    bound_certified_accuracy,
+    key,
+    smoothing_certified_accuracy,
+)
 from robustcert.runs import read_rows  # noqa: E402
 
 Row = dict[str, Any]
@@ -31,23 +36,12 @@ METHOD_ORDER = ("smoothing", "ibp", "crown", "alpha-crown", "exact", "pgd")
 
 
 def _accuracy_at(rows: list[Row], method: str, budgets: list[float]) -> dict[str, float | None]:
-    """Fraction of all examples correct and certified (or, for PGD, not broken) at each budget; None at a
-    budget the method was not run at."""
-    out: dict[str, float | None] = {}
-    n = len({r["index"] for r in rows})
-    run_at = {float(r["eps"]) for r in rows if "eps" in r}
-    for b in budgets:
-        if method != "smoothing" and b not in run_at:
-            out[key(b)] = None
-            continue
-        if method == "smoothing":
-            good = sum(1 for r in rows if r["correct"] and float(r["radius"]) >= b)
-        elif method == "pgd":
-            good = sum(1 for r in rows if float(r["eps"]) == b and r["correct"] and not r["attack_success"])
-        else:
-            good = sum(1 for r in rows if float(r["eps"]) == b and r["correct"] and r["certified"])
-        out[key(b)] = good / n if n else 0.0
-    return out
+    """The run summary's accuracy at each of the threat's budgets (``report.summary`` computes it, so a run
+    directory and the report card cannot disagree); None at a budget the method was not run at."""
+    if method == "smoothing":
+        return dict(smoothing_certified_accuracy(rows, budgets))
+    table = attack_accuracy(rows) if method == "pgd" else bound_certified_accuracy(rows)
+    return {key(b): table.get(key(b)) for b in budgets}
 
 
 def _find_unsound(

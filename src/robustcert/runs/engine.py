@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import robustcert
@@ -35,10 +34,8 @@ def select_indices(
     n_total: int,
     limit: int | None = None,
     indices: Sequence[int] | None = None,
-    seed: int = 0,
-    shuffle: bool = False,
 ) -> list[int]:
-    """The example indices of a run: ``indices`` as given, else the first ``limit`` (or a seeded sample)."""
+    """The example indices of a run: ``indices`` as given (checked), else the first ``limit`` (or all)."""
     if indices is not None and limit is not None:
         raise RobustCertError("give either --limit or --indices, not both")
     if indices is not None:
@@ -51,11 +48,7 @@ def select_indices(
         return chosen
     if limit is not None and limit <= 0:
         raise RobustCertError(f"--limit must be >= 1, got {limit}")
-    count = n_total if limit is None else min(limit, n_total)
-    if shuffle:
-        rng = np.random.default_rng(seed)
-        return sorted(int(i) for i in rng.choice(n_total, size=count, replace=False))
-    return list(range(count))
+    return list(range(n_total if limit is None else min(limit, n_total)))
 
 
 def parse_indices(text: str | None) -> list[int] | None:
@@ -120,7 +113,6 @@ def run_examples(
     resume: bool = False,
     rows_per_example: int = 1,
     show_progress: bool = True,
-    on_rows: Callable[[list[Row]], None] | None = None,
     executor: Callable[
         [list[tuple[int, ...]], Callable[[tuple[int, ...]], list[list[Row]]]], Iterable[list[list[Row]]]
     ]
@@ -173,8 +165,6 @@ def run_examples(
             for rows in fresh:
                 writer.write(rows)
                 new_rows.extend(rows)
-                if on_rows:
-                    on_rows(rows)
             bar.advance(len(fresh))
     all_rows = done + new_rows
     all_rows.sort(key=lambda r: (position[int(r["index"])], float(r.get("eps", 0.0))))
