@@ -5,17 +5,20 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-all lint bench fashion-mnist clean
+.PHONY: demo test test-all lint docs bench fashion-mnist clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,sdp,ray]'
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,ray]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m robustcert demo --out runs/demo
 
+# Lint and type checks gate the tests: a ruff or mypy finding fails `make test` (and CI).
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src
 	$(PY) -m pytest -q
 
 # Everything, the slow tests included.
@@ -24,6 +27,11 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src
+
+# docs/methods.md is generated from the method registry (a test checks it is current).
+docs: $(STAMP)
+	$(PY) -m robustcert.methods.docs > docs/methods.md
 
 # Fashion-MNIST comes from Debian's package (no download at run time).
 fashion-mnist:

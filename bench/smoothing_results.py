@@ -12,9 +12,10 @@ import argparse
 from pathlib import Path
 
 from robustcert.data import load_dataset
+from robustcert.jobs import certify_run
+from robustcert.methods import get_method
 from robustcert.models import read_model_meta
 from robustcert.train import GaussianLoss, train_model
-from robustcert.workflows import certify_run
 
 RADII = ("0.0", "0.25", "0.5", "0.75", "1.0")
 
@@ -53,15 +54,14 @@ def main() -> None:
                     seed=0,
                     resume=True,
                 )
+            smoothing = get_method("smoothing")
             summary = certify_run(
-                method="smoothing",
+                method=smoothing,
+                params=smoothing.make_params({"sigma": sigma, "n0": 100, "n": 10_000, "alpha": 0.001, "batch": 1000}),
                 model_dir=model_dir,
                 dataset=name,
                 split="test",
-                data_dir=None,
-                params={"sigma": sigma, "n0": 100, "n": 10_000, "alpha": 0.001, "batch": 1000},
                 limit=limit,
-                indices=None,
                 seed=0,
                 resume=True,
                 out=args.out / name / f"sigma{sigma}" / "smoothing",

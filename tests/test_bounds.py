@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from robustcert.bounds import (
+    box_bounds,
     crown_margin_lower,
     ibp_bounds,
     ibp_margin_lower,
@@ -196,6 +197,34 @@ def test_intermediate_crown_bounds_inside_ibp():
         tighter += int((b_crown[name][1] - b_crown[name][0] < b_ibp[name][1] - b_ibp[name][0] - 1e-9).sum())
     assert tighter > 0
 
+
+
+@pytest.mark.parametrize("name", ["cnn", "residual", "sig_tanh"])
+def test_box_bounds_contain_sampled_activation_inputs_and_specs(name):
+    """The MILP's big-M source: every activation input of every sampled point lies in its interval, the
+    spec bound is below every sampled value, and the intervals are never looser than IBP's."""
+    from robustcert.bounds import api, crown
+
+    model = make_model(name)
+    x = inputs(name, 1)
+    lo, hi = (x - 0.05).clamp(0, 1), (x + 0.05).clamp(0, 1)
+    k = int(model(x).shape[1])
+    C = torch.randn(1, 6, k, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    res = box_bounds(model, lo, hi, C)
+    graph = graph_from_module(model, SHAPE)
+    pts = sample_ball(x, 0.05, "linf", 3000, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        values = graph.forward_all(pts)
+    assert set(res.activation_inputs) == set(crown.activation_inputs(graph))
+    for node, (b_lo, b_hi) in res.activation_inputs.items():
+        assert (values[node] >= b_lo).all() and (values[node] <= b_hi).all(), node
+    assert ((values[graph.output] @ C[0].T) >= res.spec_lower).all()
+    g, inset, shapes, mags = api._setup(model, None, None, "linf", "crown", (lo, hi), "crown")
+    ibp_b = crown.intermediate_bounds(g, inset, shapes, mode="ibp", mags=mags)
+    for node, (b_lo, b_hi) in res.activation_inputs.items():
+        assert (b_lo >= ibp_b[node][0]).all() and (b_hi <= ibp_b[node][1]).all(), node
+    with pytest.raises(RobustCertError, match="C must be"):
+        box_bounds(model, lo, hi, C[0])
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_onnx_frontend_gives_the_same_bounds(name, tmp_path):

@@ -49,19 +49,15 @@ def test_smoothing_bad_parameters(
     assert "sigma must be > 0" in _fail(
         _certify(digits_gaussian_model, tmp_path / "a", "--sigma", "-1"), capsys
     )
-    assert "n0 and n must be >= 1" in _fail(
-        _certify(digits_gaussian_model, tmp_path / "b", "--n0", "0"), capsys
-    )
-    assert "n0 and n must be >= 1" in _fail(
-        _certify(digits_gaussian_model, tmp_path / "b", "--n", "-5"), capsys
-    )
-    assert "alpha must be in (0, 1)" in _fail(
+    assert "--n0 must be >= 1" in _fail(_certify(digits_gaussian_model, tmp_path / "b", "--n0", "0"), capsys)
+    assert "--n must be >= 1" in _fail(_certify(digits_gaussian_model, tmp_path / "b", "--n", "-5"), capsys)
+    assert "--alpha must be < 1" in _fail(
         _certify(digits_gaussian_model, tmp_path / "c", "--alpha", "1.5"), capsys
     )
-    assert "alpha must be in (0, 1)" in _fail(
+    assert "--alpha must be > 0" in _fail(
         _certify(digits_gaussian_model, tmp_path / "c", "--alpha", "0"), capsys
     )
-    assert "unknown method" in _fail(["certify", "magic", "--model", str(digits_gaussian_model)], capsys)
+    assert "invalid choice: 'magic'" in _fail(["certify", "magic", "--model", str(digits_gaussian_model)], capsys)
 
 
 def test_shape_mismatch_and_nan_data(

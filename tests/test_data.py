@@ -74,33 +74,133 @@ def test_fashion_mnist_real_files() -> None:
     assert data.x.shape == (10000, 1, 28, 28) and sorted(set(data.y.tolist())) == list(range(10))
 
 
-def test_npz_round_trip_and_validation(tmp_path: Path) -> None:
-    x = np.random.default_rng(1).random((5, 1, 4, 4)).astype(np.float32)
-    y = np.array([0, 1, 2, 1, 0])
-    np.savez(tmp_path / "ok.npz", x=x, y=y)
-    data = load_npz(tmp_path / "ok.npz")
-    assert data.num_classes == 3 and data.x.shape == (5, 1, 4, 4)
+def _images(n: int, seed: int = 1, shape: tuple[int, int, int] = (1, 4, 4)) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *shape)).astype(np.float32)
 
-    bad_nan = x.copy()
-    bad_nan[2, 0, 1, 1] = np.nan
-    np.savez(tmp_path / "nan.npz", x=bad_nan, y=y)
-    with pytest.raises(RobustCertError, match="NaN"):
-        load_npz(tmp_path / "nan.npz")
-    np.savez(tmp_path / "range.npz", x=x * 255, y=y)
-    with pytest.raises(RobustCertError, match=r"\[0, 1\]"):
-        load_npz(tmp_path / "range.npz")
-    np.savez(tmp_path / "len.npz", x=x, y=y[:3])
-    with pytest.raises(RobustCertError, match="one label per example"):
-        load_npz(tmp_path / "len.npz")
-    np.savez(tmp_path / "neg.npz", x=x, y=np.array([0, -1, 2, 1, 0]))
-    with pytest.raises(RobustCertError, match="labels must be in"):
-        load_npz(tmp_path / "neg.npz")
-    np.savez(tmp_path / "shape.npz", x=x.reshape(5, 16), y=y)
-    with pytest.raises(RobustCertError, match="shape"):
-        load_npz(tmp_path / "shape.npz")
-    np.savez(tmp_path / "nokeys.npz", a=x)
-    with pytest.raises(RobustCertError, match="'x' and 'y'"):
+
+def test_npz_train_and_test_splits_round_trip(tmp_path: Path) -> None:
+    x_tr, y_tr = _images(6), np.array([0, 1, 2, 0, 1, 2])
+    x_te, y_te = _images(3, seed=2), np.array([2, 1, 2])
+    np.savez(tmp_path / "d.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    train, test = (
+        load_dataset(f"npz:{tmp_path / 'd.npz'}", "train"),
+        load_dataset(f"npz:{tmp_path / 'd.npz'}", "test"),
+    )
+    assert torch.equal(train.x, torch.from_numpy(x_tr)) and train.y.tolist() == y_tr.tolist()
+    assert torch.equal(test.x, torch.from_numpy(x_te)) and test.y.tolist() == y_te.tolist()
+    assert train.y.dtype == torch.int64 and train.x.dtype == torch.float32
+    assert train.num_classes == test.num_classes == 3
+    # the statistics are the training split's, whichever split is loaded
+    assert train.mean == test.mean and train.std == test.std
+    assert abs(train.mean[0] - float(x_tr.mean())) < 1e-6
+
+
+def test_npz_num_classes_key_and_inference(tmp_path: Path) -> None:
+    # classes 0..2 in train, 3 only in test: inferred over all splits, so both splits say 4
+    np.savez(tmp_path / "a.npz", x_train=_images(3), y_train=[0, 1, 2], x_test=_images(2), y_test=[3, 0])
+    assert load_npz(tmp_path / "a.npz", split="train").num_classes == 4
+    assert load_npz(tmp_path / "a.npz", split="test").num_classes == 4
+    # a gap in the labels: refused without num_classes, accepted with it
+    np.savez(tmp_path / "gap.npz", x_test=_images(3), y_test=[0, 1, 9])
+    with pytest.raises(RobustCertError, match=r"no example has class 2, 3, 4, 5, 6, 7, 8.*num_classes=K"):
+        load_npz(tmp_path / "gap.npz")
+    np.savez(tmp_path / "k.npz", x_test=_images(3), y_test=[0, 1, 9], num_classes=10)
+    assert load_npz(tmp_path / "k.npz").num_classes == 10
+    np.savez(tmp_path / "small_k.npz", x_test=_images(3), y_test=[0, 1, 9], num_classes=5)
+    with pytest.raises(RobustCertError, match=r"labels must be in 0..4 \(num_classes=5\), found label 9"):
+        load_npz(tmp_path / "small_k.npz")
+    np.savez(tmp_path / "float_k.npz", x_test=_images(3), y_test=[0, 1, 1], num_classes=10.0)
+    with pytest.raises(RobustCertError, match="num_classes must be an integer scalar"):
+        load_npz(tmp_path / "float_k.npz")
+    np.savez(tmp_path / "one.npz", x_test=_images(3), y_test=[0, 0, 0])
+    with pytest.raises(RobustCertError, match="only one class"):
+        load_npz(tmp_path / "one.npz")
+    with pytest.raises(RobustCertError, match="says num_classes=10 but 12"):
+        load_npz(tmp_path / "k.npz", num_classes=12)
+
+
+def test_npz_missing_split_names_the_keys_present_and_needed(tmp_path: Path) -> None:
+    np.savez(tmp_path / "t.npz", x_test=_images(2), y_test=[0, 1])
+    with pytest.raises(
+        RobustCertError, match=r"no train split: it needs the arrays x_train/y_train, and has: x_test, y_test"
+    ):
+        load_npz(tmp_path / "t.npz", split="train")
+    np.savez(tmp_path / "half.npz", x_train=_images(2))
+    with pytest.raises(RobustCertError, match=r"has 'x_train' but not 'y_train'"):
+        load_npz(tmp_path / "half.npz", split="train")
+    np.savez(tmp_path / "nokeys.npz", a=_images(2))
+    with pytest.raises(RobustCertError, match=r"needs the arrays x_test/y_test, and has: a"):
         load_npz(tmp_path / "nokeys.npz")
+    with pytest.raises(RobustCertError, match="splits 'train' and 'test'"):
+        load_npz(tmp_path / "t.npz", split="validation")
+
+
+def test_npz_legacy_x_y_is_the_test_split_only(tmp_path: Path) -> None:
+    x, y = _images(5), np.array([0, 1, 2, 1, 0])
+    np.savez(tmp_path / "old.npz", x=x, y=y)
+    data = load_npz(tmp_path / "old.npz")
+    assert data.split == "test" and data.num_classes == 3 and torch.equal(data.x, torch.from_numpy(x))
+    with pytest.raises(RobustCertError, match="no train split.*legacy x/y layout is the test split only"):
+        load_npz(tmp_path / "old.npz", split="train")
+    np.savez(tmp_path / "mixed.npz", x=x, y=y, x_train=x, y_train=y)
+    with pytest.raises(RobustCertError, match="mixes the legacy keys"):
+        load_npz(tmp_path / "mixed.npz")
+
+
+@pytest.mark.parametrize(
+    ("arrays", "pattern"),
+    [
+        ({"x_test": np.zeros((0, 1, 4, 4), np.float32), "y_test": np.zeros(0, np.int64)}, "empty"),
+        ({"x_test": np.zeros((2, 1, 0, 4), np.float32), "y_test": [0, 1]}, "empty C×H×W"),
+        ({"x_test": _images(5), "y_test": [0, 1, 2]}, "x_test has 5 examples but y_test has 3 labels"),
+        ({"x_test": _images(3).reshape(3, 16), "y_test": [0, 1, 0]}, r"N×C×H×W, got \(3, 16\)$"),
+        ({"x_test": _images(3)[:, 0], "y_test": [0, 1, 0]}, r"add the channel axis"),
+        ({"x_test": _images(3)[None], "y_test": [0, 1, 0]}, "N×C×H×W"),
+        ({"x_test": _images(3), "y_test": np.array([[0], [1], [0]])}, r"shape \(N,\)"),
+        ({"x_test": _images(3) * 255, "y_test": [0, 1, 0]}, r"\[0, 1\].*divide 8-bit images by 255"),
+        ({"x_test": _images(3) - 0.5, "y_test": [0, 1, 0]}, r"must lie in \[0, 1\]"),
+        ({"x_test": (_images(3) * 255).astype(np.uint8), "y_test": [0, 1, 0]}, "floating point"),
+        ({"x_test": _images(3), "y_test": [0.0, 1.0, 0.0]}, "integer labels"),
+        ({"x_test": _images(3), "y_test": [True, False, True]}, "integer labels"),
+        ({"x_test": _images(3), "y_test": [0, -1, 1]}, "negative labels"),
+        ({"x_train": _images(3), "y_train": [0, 1, 0], "x_test": _images(2, shape=(1, 5, 5)), "y_test": [0, 1]},
+         "different example shapes"),
+    ],
+)  # fmt: skip
+def test_npz_refuses_bad_arrays(tmp_path: Path, arrays: dict, pattern: str) -> None:
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(RobustCertError, match=pattern) as info:
+        load_npz(tmp_path / "bad.npz")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_npz_refuses_non_finite_pixels_in_either_split(tmp_path: Path, value: float) -> None:
+    bad = _images(4)
+    bad[2, 0, 1, 1] = value
+    np.savez(tmp_path / "nan.npz", x_train=bad, y_train=[0, 1, 0, 1], x_test=_images(2), y_test=[0, 1])
+    # the bad split is checked even when the other split is asked for
+    with pytest.raises(RobustCertError, match="x_train contains NaN or inf \\(first at example 2\\)"):
+        load_npz(tmp_path / "nan.npz", split="test")
+
+
+def test_npz_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(RobustCertError, match="does not exist"):
+        load_dataset(f"npz:{tmp_path / 'nowhere.npz'}")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(RobustCertError, match="not a numpy .npz archive"):
+        load_npz(tmp_path / "junk.npz")
+    np.savez(tmp_path / "good.npz", x_test=_images(3), y_test=[0, 1, 0])
+    blob = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(RobustCertError, match="truncated or corrupt"):
+        load_npz(tmp_path / "cut.npz")
+    np.savez(tmp_path / "obj.npz", x_test=np.array([object()] * 3, dtype=object), y_test=[0, 1, 0])
+    with pytest.raises(RobustCertError, match="pickled data is refused"):
+        load_npz(tmp_path / "obj.npz")
+    np.save(tmp_path / "single.npy", _images(3))
+    with pytest.raises(RobustCertError, match="single array"):
+        load_npz(tmp_path / "single.npy")
 
 
 def test_unknown_dataset_lists_the_known_ones() -> None:

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustcert.cli import main
+from robustcert.cli import demo_config, main
 from robustcert.errors import RobustCertError
-from robustcert.evaluate import validate_config
+from robustcert.evaluation import validate_config
+from robustcert.methods import get_method
+from robustcert.rows import AttackRow, Row
 from robustcert.runs import read_rows
-from robustcert.workflows import demo_config
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,8 @@ def quick_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _rows(out: Path, run: dict) -> list[dict]:
-    return read_rows(out / run["dir"] / "results.jsonl")
+def _rows(out: Path, run: dict) -> list[Row]:
+    return read_rows(out / run["dir"] / "results.jsonl", get_method(run["method"]).row_type)
 
 
 def test_report_numbers_match_the_rows(quick_card: Path) -> None:
@@ -39,33 +40,38 @@ def test_report_numbers_match_the_rows(quick_card: Path) -> None:
     for run in info["runs"]:
         rows = _rows(quick_card, run)
         rec = report["models"][run["model"]]["methods"][f"{run['method']}/{run['norm']}"]
-        examples = sorted({r["index"] for r in rows})
+        examples = sorted({r.index for r in rows})
         assert examples == info["indices"][: run["limit"] or n]
-        for budget, value in (rec.get("certified_accuracy") or rec["pgd_accuracy"]).items():
+        for budget, value in (rec.get("certified_accuracy") or rec["attack_accuracy"]).items():
             b = float(budget)
             if run["method"] == "smoothing":
-                expected = sum(r["correct"] and r["radius"] >= b for r in rows) / len(examples)
+                expected = sum(r.correct and r.radius >= b for r in rows) / len(examples)  # type: ignore[attr-defined]
             elif b not in run["eps"]:
                 assert value is None
                 continue
             elif run["method"] == "pgd":
-                expected = sum(r["correct"] and not r["attack_success"] for r in rows if r["eps"] == b) / len(
-                    examples
-                )
+                expected = sum(r.correct and not r.attack_success for r in rows if r.eps == b) / len(examples)  # type: ignore[attr-defined]
             else:
-                expected = sum(r["correct"] and r["certified"] for r in rows if r["eps"] == b) / len(examples)
+                expected = sum(r.correct and r.certified for r in rows if r.eps == b) / len(examples)  # type: ignore[attr-defined]
             assert value == pytest.approx(expected), (run, budget)
-        assert rec["seconds_per_example"] == pytest.approx(sum(r["seconds"] for r in rows) / len(examples))
-    # the target-budget summary and the gap are taken from the same numbers
+        assert rec["seconds_per_example"] == pytest.approx(sum(r.seconds for r in rows) / len(examples))
+    # the target-budget summary and the gap are taken from the same numbers, over the same examples
     for _name, entry in report["models"].items():
         for norm, target in entry["targets"].items():
             key = str(float(target["eps"]))
-            assert target["pgd_accuracy"] == entry["methods"][f"pgd/{norm}"]["pgd_accuracy"][key]
+            assert target["attack_accuracy"] == entry["methods"][f"pgd/{norm}"]["attack_accuracy"][key]
             for method, acc in target["certified_accuracy"].items():
                 assert acc == entry["methods"][f"{method}/{norm}"]["certified_accuracy"][key]
-                assert target["gap"][method] == pytest.approx(target["pgd_accuracy"] - acc)
-        assert entry["latency"]["undefended_seconds"] > 0
-    assert report["models"]["gaussian"]["latency"]["smoothed_predict_ratio"] > 1
+                same = target["methods"][method]
+                if same["attack_accuracy"] is not None:
+                    assert target["gap"][method] == pytest.approx(same["attack_accuracy"] - acc)
+                    if same["deterministic"]:  # a certificate PGD breaks would be unsound
+                        assert same["attack_accuracy"] >= acc - 1e-12
+        measured = entry["latency"]["measured"]
+        assert measured["undefended"]["seconds_per_example"]["median"] > 0
+    smoothed = report["models"]["gaussian"]["latency"]["measured"]["defended"]
+    (timing,) = smoothed.values()
+    assert timing["ratio"]["median"] > 1 and timing["batch_size"] == 1000
     assert report["unsound"] == []
 
 
@@ -124,9 +130,9 @@ def test_unsound_certifier_is_flagged_and_fails_the_command(
     report = json.loads((out / "report.json").read_text())
     assert report["unsound"] and all(u["method"] == "crown" for u in report["unsound"])
     pgd_broken = {
-        r["index"]
-        for r in read_rows(out / "runs/standard/pgd-linf/results.jsonl")
-        if r["correct"] and r["attack_success"]
+        r.index
+        for r in read_rows(out / "runs/standard/pgd-linf/results.jsonl", AttackRow)
+        if isinstance(r, AttackRow) and r.correct and r.attack_success
     }
     assert {u["index"] for u in report["unsound"]} == pgd_broken
     page = (out / "report.html").read_text()
@@ -150,11 +156,27 @@ def test_config_errors() -> None:
         "model": [{"name": "a", "path": "x"}],
         "threat": {"linf": {"eps": [0.1]}},
     }
-    with pytest.raises(RobustCertError, match="unknown methods"):
+    with pytest.raises(RobustCertError, match="unknown key 'magic' in \\[methods\\]"):
         validate_config({**base, "methods": {"magic": {}}})
+    with pytest.raises(RobustCertError, match="did you mean 'crown'"):
+        validate_config({**base, "methods": {"crwn": {}}})
+    with pytest.raises(RobustCertError, match="did you mean 'epochs'"):
+        validate_config({**base, "model": [{"name": "a", "train": {"epoch": 3}}]})
+    with pytest.raises(RobustCertError, match="did you mean 'methods'"):
+        validate_config({**base, "method": {"crown": {}}})
+    with pytest.raises(RobustCertError, match="did you mean 'alpha_steps'"):
+        validate_config({**base, "methods": {"alpha-crown": {"alpha_step": 3}}})
+    with pytest.raises(RobustCertError, match="alpha_steps must be >= 1"):
+        validate_config({**base, "methods": {"alpha-crown": {"alpha_steps": 0}}})
+    with pytest.raises(RobustCertError, match="unknown key 'norm'"):
+        validate_config({**base, "methods": {"crown": {"norm": "l2"}}})
+    with pytest.raises(RobustCertError, match="subset"):
+        validate_config({**base, "methods": {"crown": {"eps": [0.3]}}})
+    with pytest.raises(RobustCertError, match="did you mean 'linf'"):
+        validate_config({**base, "threat": {"lnf": {"eps": [0.1]}}})
     with pytest.raises(RobustCertError, match="threat.l2"):
         validate_config({**base, "methods": {"smoothing": {}}})
-    with pytest.raises(RobustCertError, match="numbers >= 0"):
+    with pytest.raises(RobustCertError, match="values must be numbers >= 0"):
         validate_config({**base, "threat": {"linf": {"eps": [-0.1]}}})
     with pytest.raises(RobustCertError, match="exactly one of path"):
         validate_config({**base, "model": [{"name": "a"}]})

@@ -116,7 +116,8 @@ def test_conv_net_below_samples_and_pgd(seed: int, eps: float) -> None:
 
 
 def test_tightened_and_plain_interval_encodings_agree() -> None:
-    """Back-substitution big-M bounds drop binaries but must not change the optimum."""
+    """CROWN big-M bounds (robustcert.bounds) drop binaries but must not change the optimum."""
+    dropped = 0
     for seed, eps in [(1, 0.08), (2, 0.3), (5, 0.15)]:
         model = _conv(seed)
         x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
@@ -126,6 +127,8 @@ def test_tightened_and_plain_interval_encodings_agree() -> None:
         assert tight.min_margin == pytest.approx(plain.min_margin, abs=1e-6)
         assert tight.status == plain.status
         assert tight.num_binaries <= plain.num_binaries
+        dropped += plain.num_binaries - tight.num_binaries
+    assert dropped > 0
 
 
 def test_counterexample_is_real_and_in_ball() -> None:
@@ -279,3 +282,45 @@ def test_bad_input_raises(kwargs: dict, match: str) -> None:
     args.update(kwargs)
     with pytest.raises(RobustCertError, match=match):
         exact_margin(_mlp(0), **args)
+
+
+# ---------------------------------------------------------------- solver output stays off stdout
+
+
+def _noisy_milp(real):  # type: ignore[no-untyped-def]
+    """scipy's milp, plus what a native solver might print: raw fd 1 writes and buffered C printf."""
+    import ctypes
+    import os
+
+    def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+        os.write(1, b"raw fd-1 solver noise\n")
+        ctypes.CDLL(None).printf(b"buffered C printf noise\n")
+        return real(*args, **kwargs)
+
+    return call
+
+
+def test_solver_output_never_reaches_stdout(capfd, tmp_path, monkeypatch) -> None:
+    from robustcert.exact import milp as milp_module
+
+    model = _conv(1)
+    x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = int(model(x).argmax(1))
+    print("before", flush=True)
+    quiet = exact_margin(model, x, y, 0.08)
+    out, _ = capfd.readouterr()
+    assert out == "before\n"  # stdout written before the solve is kept, in order; the solve adds nothing
+
+    log = tmp_path / "run" / "log.txt"
+    logged = exact_margin(model, x, y, 0.08, log_path=log)
+    assert capfd.readouterr()[0] == ""
+    text = log.read_text()
+    assert "HiGHS" in text and f"class {(y + 1) % 3} vs label {y}" in text
+    assert logged.status == quiet.status and logged.min_margin == pytest.approx(quiet.min_margin, abs=1e-9)
+
+    monkeypatch.setattr(milp_module, "milp", _noisy_milp(milp_module.milp))
+    exact_margin(model, x, y, 0.08)
+    exact_margins(model, torch.cat([x, x]), torch.tensor([y, y]), 0.08, log_path=log)
+    assert capfd.readouterr()[0] == ""
+    assert log.read_text().count("buffered C printf noise") == 2 * 2  # two examples, two classes each
+    assert "raw fd-1 solver noise" in log.read_text()

@@ -214,6 +214,70 @@ def test_live_graph_shares_parameters():
     assert m[2].weight.grad is not None and m[2].weight.grad.abs().sum() > 0
 
 
+
+def _agrees(graph, model, x) -> bool:
+    with torch.no_grad():
+        return torch.allclose(graph.forward(x), model(x))
+
+
+def test_live_graph_is_rebuilt_after_a_parameter_is_replaced():
+    m = make_model("mlp")
+    g = to_graph(m, SHAPE, live=True)
+    m[2].weight = nn.Parameter(torch.randn_like(m[2].weight))
+    fresh = to_graph(m, SHAPE, live=True)
+    assert fresh is not g
+    assert next(n for n in fresh.nodes if n.op == "linear").params["weight"] is m[2].weight
+    assert _agrees(fresh, m, torch.rand(3, *SHAPE))
+    with torch.no_grad():  # an in-place update (optimizer step) keeps the graph, which sees it
+        m[2].weight.mul_(2.0)
+    assert to_graph(m, SHAPE, live=True) is fresh and _agrees(fresh, m, torch.rand(3, *SHAPE))
+
+
+class _Shift(nn.Module):
+    """``lin(x + 2 * offset)``: the graph holds ``2 * offset``, a tensor derived from the buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("offset", torch.zeros(1, 4))
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(torch.add(x, self.offset, alpha=2.0))
+
+
+def test_live_graph_is_never_stale_when_python_reuses_a_dead_tensor_id():
+    m, x = _Shift().eval(), torch.rand(3, 4)
+    reused = 0
+    for k in range(20):
+        to_graph(m, (4,), live=True)
+        old_id = id(m.offset)
+        m.offset = torch.full((1, 4), 0.1 * k)  # frees the buffer the cached graph was built from ...
+        m.offset = torch.full((1, 4), 0.2 * k)  # ... so CPython may give its id to this one
+        reused += id(m.offset) == old_id
+        assert _agrees(to_graph(m, (4,), live=True), m, x), f"stale graph at step {k}"
+    if reused == 0:  # (CPython does reuse them here: an id()-keyed cache returned stale graphs)
+        pytest.skip("this interpreter never reused a dead tensor's id: the hazard was not exercised")
+
+
+def test_live_graph_sees_in_place_updates_of_a_tensor_it_derived_a_value_from():
+    m, x = _Shift().eval(), torch.rand(3, 4)
+    g = to_graph(m, (4,), live=True)
+    assert to_graph(m, (4,), live=True) is g
+    with torch.no_grad():
+        m.offset.add_(1.0)
+    assert _agrees(to_graph(m, (4,), live=True), m, x)
+
+
+def test_live_graph_is_rebuilt_after_data_is_swapped_under_a_view():
+    from robustcert.models.normalize import Normalize
+
+    m = nn.Sequential(Normalize([0.5], [0.25]), nn.Flatten(), nn.Linear(64, 3)).eval()
+    x = torch.rand(4, *SHAPE)
+    g = to_graph(m, SHAPE, live=True)
+    m[0].std.data = torch.full((1, 1, 1, 1), 0.5)  # same object, new storage
+    g2 = to_graph(m, SHAPE, live=True)
+    assert g2 is not g and _agrees(g2, m, x)
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_onnx_round_trip(name, tmp_path):
     model = make_model(name)

@@ -1,236 +1,338 @@
-"""The ``robustcert`` command (typer). Thin: parses arguments, calls the library, prints.
+"""The ``robustcert`` command. Thin: parses arguments, calls the library, prints.
 
-Every RobustCertError becomes one line on stderr (``error: …``) and exit status 2.
+The ``certify`` and ``attack`` sub-commands and their options are generated from the method registry
+(:mod:`robustcert.methods`): every method is a sub-command, every field of its parameters dataclass an
+option, with the field's help and limits. Failing cleanly is part of the contract: any usage error, bad
+value, missing or corrupt file, unwritable directory or unreachable service prints one line
+``error: …`` that says how to fix it and exits with status 2 — no traceback unless ``--debug``.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import os
 import sys
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Any, NoReturn
 
-import typer
-
+import robustcert
 from robustcert.errors import RobustCertError
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Certified defenses for PyTorch classifiers."
-)
-
-TRAIN_METHODS = ("standard", "gaussian", "pgd", "ibp", "crown-ibp")
-CERTIFY_METHODS = ("smoothing", "ibp", "crown", "alpha-crown", "exact")
-
-Limit = Annotated[int | None, typer.Option(help="take only the first K examples of the split")]
-Indices = Annotated[str | None, typer.Option(help="explicit example indices, e.g. '0,5,7' or '0-99'")]
-Seed = Annotated[int, typer.Option(help="run seed; each example's randomness is seeded by (seed, index)")]
-Resume = Annotated[bool, typer.Option("--resume", help="continue a run in --out, skipping finished examples")]
-Out = Annotated[Path, typer.Option(help="output directory")]
-RayAddress = Annotated[str | None, typer.Option(help="run on a Ray cluster: 'auto' or HOST:PORT")]
-Workers = Annotated[int | None, typer.Option(help="start a local Ray with N worker CPUs")]
-DataDir = Annotated[Path | None, typer.Option(help="directory of the data set's files (fashion-mnist)")]
+EXIT_BAD_INPUT = 2
+EXIT_UNSOUND = 3
+EXIT_INTERNAL = 1
 
 
-def _load_data(name: str, split: str, data_dir: Path | None):  # type: ignore[no-untyped-def]
+class UsageError(RobustCertError):
+    """A command line that does not parse."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line with a pointer to ``--help``, never a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """A leaf command (no sub-commands) refuses unknown options itself, so the error points to its own
+        ``--help`` (not the top level's) and suggests the closest option."""
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:
+            import difflib
+
+            unknown = next((e for e in extras if e.startswith("-")), extras[0])
+            close = difflib.get_close_matches(unknown.split("=")[0], list(self._option_string_actions), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return ns, extras
+
+
+def _int_at_least(minimum: int) -> Any:
+    """An argparse ``type`` accepting whole numbers >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_nonneg_int = _int_at_least(0)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    """Options every command accepts (also after the sub-command)."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help="torch threads for this process (default 1: no oversubscription on a shared machine)",
+    )
+
+
+def _run_options(parser: argparse.ArgumentParser, out: str) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="model directory (model.pt + model.json)")
+    parser.add_argument("--dataset", help="digits | fashion-mnist | npz:PATH (default: the model's)")
+    parser.add_argument("--split", default="test", choices=("train", "test"), help="data split")
+    parser.add_argument("--data-dir", type=Path, help="directory of the data set's files (fashion-mnist)")
+    parser.add_argument("--limit", type=_positive_int, help="take only the first K examples of the split")
+    parser.add_argument("--indices", help="explicit example indices, e.g. '0,5,7' or '0-99'")
+    parser.add_argument("--seed", type=_nonneg_int, default=0, help="run seed; each example is seeded by (seed, index)")
+    _run_dir_options(parser, out)
+    parser.add_argument("--ray-address", help="run on a Ray cluster: 'auto' or HOST:PORT")
+    parser.add_argument("--workers", type=_positive_int, help="start a local Ray with N worker CPUs")
+
+
+def _run_dir_options(parser: argparse.ArgumentParser, out: str) -> None:
+    parser.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default {out})")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished examples")
+    mode.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
+
+
+def _metavar(hint: Any) -> str:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    kind = next(o for o in options if o is not type(None))
+    if typing.get_origin(kind) is tuple:
+        return "X[,X...]"
+    return {int: "N", float: "X", str: "TEXT", bool: "BOOL"}.get(kind, "VALUE")
+
+
+def _method_options(parser: argparse.ArgumentParser, params_cls: type) -> None:
+    """One option per parameter field; only the options given are passed on (defaults live in the class)."""
+    from robustcert.methods.base import cli_option, param_fields
+
+    hints = typing.get_type_hints(params_cls)
+    for f in param_fields(params_cls):
+        meta = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        )
+        shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else default
+        help_text = f"{meta.get('help', '')} (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": f"param_{f.name}", "default": argparse.SUPPRESS, "help": help_text}
+        if meta.get("choices"):
+            kwargs["metavar"] = "|".join(meta["choices"])
+        else:
+            kwargs["metavar"] = _metavar(hints[f.name])
+        parser.add_argument(cli_option(f.name), **kwargs)
+
+
+def build_parser() -> Parser:
+    """The whole command line, generated from the registry as it is now."""
+    from robustcert.methods import all_methods
+
+    common = Parser(add_help=False)
+    _common(common)
+    parser = Parser(prog="robustcert", description="Certified defenses for PyTorch classifiers.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"robustcert {robustcert.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+
+    train = commands.add_parser("train", parents=[common], help="train a zoo model into a model directory")
+    train.add_argument("--dataset", default="digits", help="digits | fashion-mnist | npz:PATH")
+    train.add_argument("--arch", default="cnn-small", help="mlp-2x64 | mlp-2x256 | cnn-small | cnn-medium")
+    train.add_argument("--method", default="standard", help="standard | gaussian | pgd | ibp | crown-ibp")
+    train.add_argument("--sigma", type=_float, default=0.25, help="gaussian: noise std in input units")
+    train.add_argument("--eps", type=_float, default=0.1, help="pgd / ibp / crown-ibp: training budget")
+    train.add_argument("--norm", default="linf", help="pgd: linf | l2 (ibp and crown-ibp train linf)")
+    train.add_argument("--pgd-steps", type=int, default=10, help="pgd: attack steps per batch")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=_float, default=1e-3)
+    train.add_argument("--seed", type=_nonneg_int, default=0)
+    train.add_argument("--data-dir", type=Path, help="directory of the data set's files (fashion-mnist)")
+    _run_dir_options(train, "runs/model")
+
+    for command, families, about in (
+        ("certify", ("smoothing", "bound", "exact", "sdp"), "certify a model on a data split"),
+        ("attack", ("attack",), "attack a model (an upper limit on robust accuracy, never a certificate)"),
+    ):
+        sub = commands.add_parser(command, parents=[common], help=about, description=about)
+        per_method = sub.add_subparsers(dest="method", metavar="METHOD", parser_class=Parser)
+        per_method.required = True
+        for method in all_methods():
+            if method.family not in families:
+                continue
+            mp = per_method.add_parser(
+                method.name, parents=[common], help=method.summary, description=f"{method.label}: {method.summary}"
+            )
+            _run_options(mp, f"runs/{command}")
+            _method_options(mp, method.params)
+
+    evaluate = commands.add_parser("evaluate", parents=[common], help="the report card from a TOML config")
+    evaluate.add_argument("--config", type=Path, required=True, help="the report card's TOML config")
+    _run_dir_options(evaluate, "runs/evaluate")
+    evaluate.add_argument("--ray-address", help="run on a Ray cluster: 'auto' or HOST:PORT")
+    evaluate.add_argument("--workers", type=_positive_int, help="start a local Ray with N worker CPUs")
+
+    report = commands.add_parser("report", parents=[common], help="re-render run or evaluate directories")
+    report.add_argument("run_dirs", nargs="+", type=Path, metavar="DIR")
+
+    demo = commands.add_parser("demo", parents=[common], help="the main job on the embedded default (digits)")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--quick", action="store_true", help="a tiny variant, for tests")
+    return parser
+
+
+def _set_threads(threads: int) -> None:
+    """Set torch's thread count once for the whole process (never flipped per example)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process (e.g. main() called twice in tests)
+        pass
+
+
+def _cmd_train(ns: argparse.Namespace) -> int:
     from robustcert.data import load_dataset
-
-    return load_dataset(name, split, data_dir)
-
-
-@app.command()
-def train(
-    dataset: Annotated[str, typer.Option(help="digits | fashion-mnist | npz:PATH")] = "digits",
-    arch: Annotated[str, typer.Option(help="mlp-2x64 | mlp-2x256 | cnn-small | cnn-medium")] = "cnn-small",
-    method: Annotated[str, typer.Option(help="standard | gaussian | pgd | ibp | crown-ibp")] = "standard",
-    sigma: Annotated[float, typer.Option(help="gaussian: noise std in [0,1] pixel units")] = 0.25,
-    eps: Annotated[float, typer.Option(help="pgd/ibp/crown-ibp: training budget")] = 0.1,
-    norm: Annotated[str, typer.Option(help="pgd: linf | l2")] = "linf",
-    pgd_steps: Annotated[int, typer.Option(help="pgd: attack steps per batch")] = 10,
-    epochs: Annotated[int, typer.Option()] = 30,
-    batch_size: Annotated[int, typer.Option()] = 64,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    seed: Seed = 0,
-    resume: Resume = False,
-    data_dir: DataDir = None,
-    out: Out = Path("runs/model"),
-) -> None:
-    """Train a zoo model and write a model directory (model.pt + model.json), checkpointing every epoch."""
+    from robustcert.jobs import prepare_training_dir
     from robustcert.train import train_model
     from robustcert.train.factory import make_loss
 
-    loss, params = make_loss(method, sigma=sigma, eps=eps, norm=norm, pgd_steps=pgd_steps)
-    train_data = _load_data(dataset, "train", data_dir)
-    test_data = _load_data(dataset, "test", data_dir)
+    loss, params = make_loss(ns.method, sigma=ns.sigma, eps=ns.eps, norm=ns.norm, pgd_steps=ns.pgd_steps)
+    _check_out_dir(ns.out)  # now, not after the first epoch, when the model is first saved
+    prepare_training_dir(ns.out, force=ns.force)
+    train_data = load_dataset(ns.dataset, "train", ns.data_dir)
+    test_data = load_dataset(ns.dataset, "test", ns.data_dir)
     _, meta = train_model(
-        arch=arch,
-        train_data=train_data,
-        test_data=test_data,
-        loss=loss,
-        method=method,
-        method_params=params,
-        out_dir=out,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        resume=resume,
+        arch=ns.arch, train_data=train_data, test_data=test_data, loss=loss, method=ns.method,
+        method_params=params, out_dir=ns.out, epochs=ns.epochs, batch_size=ns.batch_size, lr=ns.lr,
+        seed=ns.seed, resume=ns.resume,
     )
     acc = meta.get("clean_accuracy")
-    typer.echo(f"trained {arch} ({method}) on {dataset}: test accuracy {100 * acc:.1f}% -> {out}/model.pt")
+    acc_text = "n/a" if acc is None else f"{100 * acc:.1f}%"
+    print(f"trained {ns.arch} ({ns.method}) on {ns.dataset}: test accuracy {acc_text} -> {ns.out}/model.pt")
+    return 0
 
 
-@app.command()
-def certify(
-    method: Annotated[str, typer.Argument(help="smoothing | ibp | crown | alpha-crown | exact")],
-    model: Annotated[Path, typer.Option(help="model directory (model.pt + model.json)")],
-    dataset: Annotated[str | None, typer.Option(help="data set (default: the model's)")] = None,
-    split: Annotated[str, typer.Option()] = "test",
-    sigma: Annotated[
-        float | None, typer.Option(help="smoothing: noise std (default: the training sigma)")
-    ] = None,
-    n0: Annotated[int, typer.Option(help="smoothing: selection samples")] = 100,
-    n: Annotated[int, typer.Option(help="smoothing: estimation samples")] = 10_000,
-    alpha: Annotated[float, typer.Option(help="smoothing: failure probability")] = 0.001,
-    batch: Annotated[int, typer.Option(help="smoothing: noisy samples per forward pass")] = 1000,
-    norm: Annotated[str, typer.Option(help="bounds: linf | l2")] = "linf",
-    eps: Annotated[
-        str, typer.Option(help="bounds: one eps or a comma-separated list")
-    ] = "0.01,0.02,0.05,0.1",
-    alpha_steps: Annotated[int, typer.Option(help="alpha-crown: optimisation steps")] = 20,
-    time_limit: Annotated[float, typer.Option(help="exact: seconds per example and eps")] = 30.0,
-    limit: Limit = None,
-    indices: Indices = None,
-    seed: Seed = 0,
-    resume: Resume = False,
-    data_dir: DataDir = None,
-    ray_address: RayAddress = None,
-    workers: Workers = None,
-    out: Out = Path("runs/certify"),
-) -> None:
-    """Certify a model on a data split; writes run.json, results.jsonl, summary.json, curve.png."""
-    from robustcert.workflows import certify_run
+def _check_out_dir(out: Path) -> None:
+    """RobustCertError unless ``out`` is, or can be created as, a writable directory (nothing is created)."""
+    probe = out
+    while not probe.exists() and probe.parent != probe:  # the nearest part of the path that exists
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RobustCertError(
+            f"cannot create the output directory {out}: {probe} is a file, not a directory; choose another --out"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RobustCertError(f"the output directory {out} is not writable ({probe}); choose another --out")
 
+
+def _cmd_certify(ns: argparse.Namespace) -> int:
+    from robustcert.jobs import certify_run
+    from robustcert.methods import get_method
+    from robustcert.runs import parse_indices
+
+    method = get_method(ns.method)
+    values = {k[len("param_"):]: v for k, v in vars(ns).items() if k.startswith("param_")}
+    params = method.make_params(values, cli=True)
     certify_run(
-        method=method,
-        model_dir=model,
-        dataset=dataset,
-        split=split,
-        data_dir=data_dir,
-        params={
-            "sigma": sigma,
-            "n0": n0,
-            "n": n,
-            "alpha": alpha,
-            "batch": batch,
-            "norm": norm,
-            "eps": eps,
-            "alpha_steps": alpha_steps,
-            "time_limit": time_limit,
-        },
-        limit=limit,
-        indices=indices,
-        seed=seed,
-        resume=resume,
-        out=out,
-        ray_address=ray_address,
-        workers=workers,
+        method=method, params=params, model_dir=ns.model, dataset=ns.dataset, split=ns.split,
+        data_dir=ns.data_dir, limit=ns.limit, indices=parse_indices(ns.indices), seed=ns.seed,
+        resume=ns.resume, force=ns.force, out=ns.out, ray_address=ns.ray_address, workers=ns.workers,
     )
+    return 0
 
 
-@app.command()
-def attack(
-    method: Annotated[str, typer.Argument(help="pgd")],
-    model: Annotated[Path, typer.Option(help="model directory")],
-    norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
-    eps: Annotated[str, typer.Option(help="one eps or a comma-separated list")] = "0.05,0.1",
-    steps: Annotated[int, typer.Option()] = 50,
-    restarts: Annotated[int, typer.Option()] = 3,
-    dataset: Annotated[str | None, typer.Option()] = None,
-    split: Annotated[str, typer.Option()] = "test",
-    limit: Limit = None,
-    indices: Indices = None,
-    seed: Seed = 0,
-    resume: Resume = False,
-    data_dir: DataDir = None,
-    ray_address: RayAddress = None,
-    workers: Workers = None,
-    out: Out = Path("runs/attack"),
-) -> None:
-    """Attack a model with PGD; rows carry attack_success and adv_margin."""
-    from robustcert.workflows import certify_run
+def _cmd_evaluate(ns: argparse.Namespace) -> int:
+    from robustcert.evaluation import run_evaluate
+    from robustcert.report.console import print_report_card
 
-    if method != "pgd":
-        raise RobustCertError(f"unknown attack {method!r}; available: pgd")
-    certify_run(
-        method="pgd",
-        model_dir=model,
-        dataset=dataset,
-        split=split,
-        data_dir=data_dir,
-        params={"norm": norm, "eps": eps, "steps": steps, "restarts": restarts},
-        limit=limit,
-        indices=indices,
-        seed=seed,
-        resume=resume,
-        out=out,
-        ray_address=ray_address,
-        workers=workers,
+    report = run_evaluate(
+        ns.config, ns.out, resume=True, force=ns.force, ray_address=ns.ray_address, workers=ns.workers
     )
+    return print_report_card(report, ns.out)
 
 
-@app.command()
-def evaluate(
-    config: Annotated[Path, typer.Option(help="the report card's TOML config")],
-    out: Out = Path("runs/evaluate"),
-    ray_address: RayAddress = None,
-    workers: Workers = None,
-) -> int:
-    """The report card: clean vs certified accuracy per method and budget, PGD upper limits, attacks on
-    every certificate, latency. Exits with status 3 if any certificate was broken."""
-    from robustcert.workflows import evaluate_and_print
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from robustcert.jobs import rerender
 
-    return evaluate_and_print(config, out, ray_address=ray_address, workers=workers)
+    return max(rerender(d) for d in ns.run_dirs)
 
 
-@app.command()
-def report(run_dirs: Annotated[list[Path], typer.Argument(help="run or evaluate directories")]) -> int:
-    """Re-render summaries, curves and report cards from existing rows, without recomputing."""
-    from robustcert.workflows import rerender
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from robustcert.evaluation import run_evaluate
+    from robustcert.report.console import print_report_card
 
-    status = 0
-    for run_dir in run_dirs:
-        status = max(status, rerender(run_dir))
-    return status
+    config = demo_config(ns.quick)
+    print(f"robustcert demo: the report card on digits -> {ns.out}", flush=True)
+    return print_report_card(run_evaluate(config, ns.out), ns.out)
 
 
-@app.command()
-def demo(
-    out: Out = Path("runs/demo"), quick: Annotated[bool, typer.Option(help="smaller, for tests")] = False
-) -> int:
-    """The main job on the embedded default (digits): train two models, then the whole report card."""
-    from robustcert.workflows import run_demo
+def demo_config(quick: bool = False) -> Path:
+    """The bundled demo config (``quick``: the tiny variant the tests use)."""
+    from importlib.resources import files
 
-    return run_demo(Path(out), quick=quick)
+    return Path(str(files("robustcert") / "configs" / ("demo_quick.toml" if quick else "demo.toml")))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and return its exit status (3 = unsound certificates found); bad input →
-    one line on stderr and SystemExit(2)."""
+COMMANDS = {
+    "train": _cmd_train,
+    "certify": _cmd_certify,
+    "attack": _cmd_certify,
+    "evaluate": _cmd_evaluate,
+    "report": _cmd_report,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns its exit status (0, or 3 when a certificate was found unsound).
+
+    Bad input raises ``SystemExit(2)`` after printing one ``error:`` line; ``--debug`` shows tracebacks."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
     try:
-        result = app(args=argv, standalone_mode=False)
-        return result if isinstance(result, int) else 0
+        ns = build_parser().parse_args(args)
+        debug = bool(getattr(ns, "debug", False))
+        _set_threads(int(getattr(ns, "threads", 1)))
+        return COMMANDS[ns.command](ns)
     except RobustCertError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (typer.Abort, KeyboardInterrupt):
+        if debug:
+            raise
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue", file=sys.stderr)
         raise SystemExit(130) from None
-    except Exception as exc:  # click usage errors
-        import click
+    except OSError as exc:  # a file or directory the user named cannot be read or written
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}; check the path and its permissions", EXIT_BAD_INPUT)
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(
+            f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback and report it",
+            EXIT_INTERNAL,
+        )
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        raise
+
+def _fail(message: str, status: int) -> NoReturn:
+    first = " ".join(message.split())  # one line, whatever the message held
+    print(f"error: {first}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,7 @@ verified in float64 (and nudged by one ulp where rounding put it on the wrong si
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcert.errors import RobustCertError
+from robustcert.models.modes import eval_mode
+from robustcert.seeding import torch_generator
 from robustcert.validation import check_eps, check_norm
 
 LOSSES = ("margin", "ce")
@@ -61,18 +62,6 @@ class AttackResult:
     adv_margin: torch.Tensor
     success: torch.Tensor
     clean_margin: torch.Tensor
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` (and its submodules) in eval mode and restore every module's own mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
 
 
 def _margin_from_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -292,7 +281,7 @@ def _generators(seed: int | Sequence[int], batch: int, device: torch.device) -> 
         raise RobustCertError(
             f"seed must be an int or one seed per example ({batch}), got {len(seeds)} seeds"
         )
-    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    return [torch_generator(s, device) for s in seeds]
 
 
 def _random_starts(
@@ -398,8 +387,7 @@ def perturb_for_training(
     x, y, _ = _check_inputs(model, x, y)
     x = x.detach()
     if generator is None:
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(0)
+        generator = torch_generator(0, x.device)
     eps_in = _inner_eps(eps, norm)
     if eps_in == 0:
         return x.clone()

@@ -17,6 +17,10 @@ import torch
 from torch import nn
 
 from robustcert.errors import RobustCertError
+from robustcert.models.modes import eval_mode
+from robustcert.seeding import derived_seed, torch_generator
+
+_NOISE_DOMAIN = 0x536D4164  # the attack's own noise stream, apart from PREDICT's
 
 
 @dataclass(frozen=True)
@@ -41,21 +45,23 @@ def attack_smoothed(
     alpha: float = 0.001,
     seed: int = 0,
 ) -> SmoothedAttackResult:
-    """Try to change the smoothed prediction inside the L2 ball of ``radius`` around ``x`` (one input)."""
+    """Try to change the smoothed prediction inside the L2 ball of ``radius`` around ``x`` (one input).
+
+    ``seed`` is any non-negative integer (every bit counts, see :mod:`robustcert.seeding`): the attack's
+    noise and the final PREDICT draw from two independent streams derived from it. The model runs in
+    eval mode; every submodule's mode is restored afterwards."""
     from robustcert.smoothing import SmoothedClassifier
 
     if not radius >= 0:
         raise RobustCertError(f"radius must be >= 0, got {radius}")
     if x.ndim != 3:
         raise RobustCertError(f"attack_smoothed takes one input C×H×W, got shape {tuple(x.shape)}")
-    gen = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
+    gen = torch_generator(derived_seed(_NOISE_DOMAIN, seed))
     x = x.detach().float()
     inner = radius * (1 - 1e-5)
     adv = x.clone()
     step = 2.5 * inner / max(steps, 1)
-    try:
+    with eval_mode(model):
         for _ in range(steps if inner > 0 else 0):
             adv.requires_grad_(True)
             noise = torch.randn((m, *x.shape), generator=gen) * sigma
@@ -67,14 +73,10 @@ def attack_smoothed(
                 delta = adv - x
                 delta = delta * min(1.0, inner / max(float(delta.norm()), 1e-30))
                 adv = (x + delta).clamp(0, 1)  # clipping moves towards x: stays in the ball
-    finally:
-        model.train(was_training)
     adv = adv.detach()
     distance = float((adv.double() - x.double()).norm())
     if distance > radius:  # pragma: no cover - a bug, not a user error
         raise AssertionError("smoothed attack left the certified ball")
     smoothed = SmoothedClassifier(model, sigma=sigma, num_classes=num_classes)
-    prediction = smoothed.predict(
-        adv, n=n_predict, alpha=alpha, batch_size=min(n_predict, 1000), seed=seed + 1
-    )
+    prediction = smoothed.predict(adv, n=n_predict, alpha=alpha, batch_size=min(n_predict, 1000), seed=seed)
     return SmoothedAttackResult(adv, distance, int(prediction), bool(prediction not in (-1, certified_class)))

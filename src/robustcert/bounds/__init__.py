@@ -5,6 +5,7 @@ Certification (float64, with a rounding safety margin)::
     m = margin_lower(model, x, y, eps=0.1, norm="linf", method="ibp" | "crown" | "alpha-crown")
     verified = is_verified(m)
     lo, hi = logit_bounds(model, x, eps=0.1, norm="linf", method="crown")
+    b = box_bounds(model, x_lo, x_hi, C)  # activation-input intervals, lower bounds of C·output
 
 Differentiable bounds for certified training (any dtype, no safety margin)::
 
@@ -15,6 +16,8 @@ Differentiable bounds for certified training (any dtype, no safety margin)::
 
 from robustcert.bounds.api import (
     SAFETY_REL,
+    BoxBounds,
+    box_bounds,
     crown_margin_lower,
     ibp_bounds,
     ibp_margin_lower,
@@ -26,6 +29,8 @@ from robustcert.bounds.api import (
 
 __all__ = [
     "SAFETY_REL",
+    "BoxBounds",
+    "box_bounds",
     "crown_margin_lower",
     "ibp_bounds",
     "ibp_margin_lower",

@@ -63,7 +63,7 @@ def avgpool2d_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
         return [x.reshape((bp, s) + in_shape)], None
     # general case (ceil mode, padding excluded from the count): the exact vector-Jacobian product
     zero = torch.zeros((bp * s,) + in_shape, dtype=A.dtype, device=A.device)
-    _, vjp = torch.func.vjp(lambda z: OPS["avgpool2d"].forward(node, z), zero)
+    vjp = torch.func.vjp(lambda z: OPS["avgpool2d"].forward(node, z), zero)[1]
     (g,) = vjp(A.reshape((bp * s,) + out_shape))
     return [g.reshape((bp, s) + in_shape)], None
 

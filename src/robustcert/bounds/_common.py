@@ -2,16 +2,21 @@
 
 * :func:`forward_pass` walks the graph in topological order applying one rule per op (IBP, and the
   magnitude pass of :mod:`._soundness`); a ``refine`` hook lets CROWN tighten chosen nodes on the way.
-* :func:`backward` walks it in reverse from a target node, carrying linear coefficients ``A`` (shape
-  ``[B or 1, S, *node_shape]``, S = specification rows) for a lower and/or an upper bound; a rule is
-  either :class:`Affine` (a transpose) or :class:`Relax` (linear bounds of an activation from its input
-  interval). ``A`` keeps batch size 1 until a per-example relaxation is crossed, so purely affine
-  prefixes are computed once for the whole batch.
+* :func:`backward` is THE backward substitution of the package (CROWN, alpha-CROWN, CROWN's windowed
+  intermediate bounds, IBP's elided last layers, and through them the MILP's pre-activation bounds). It
+  walks the graph in reverse from a target node, carrying linear coefficients (:class:`Coeffs`) for a
+  lower and/or an upper bound; a rule is either :class:`Affine` (a transpose) or :class:`Relax` (linear
+  bounds of an activation from its input interval). How coefficients are stored is the representation's
+  business: :class:`Dense` holds ``[B', S, *node_shape]`` (S = specification rows) and keeps batch size
+  1 until a per-example relaxation is crossed, so purely affine prefixes are computed once for the whole
+  batch; :class:`~robustcert.bounds.crown_window.Patches` holds each row's receptive field only. The
+  traversal, the relaxation algebra and the concretisation are the same for every representation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -50,7 +55,8 @@ class InputSet:
 
 
 class Affine(NamedTuple):
-    """Backward rule of an affine op: ``back(node, A, ctx) -> ([A for each input], bias [B', S] or None)``."""
+    """Backward rule of an affine op on dense coefficients: ``back(node, A, ctx) -> ([A for each input],
+    bias [B', S] or None)``; other representations transpose the op their own way (:meth:`Coeffs.through`)."""
 
     back: Callable[[Node, Tensor, Ctx], tuple[list[Tensor], Tensor | None]]
 
@@ -90,6 +96,59 @@ def dot(A: Tensor, t: Tensor) -> Tensor:
     return (A * t).flatten(2).sum(-1)
 
 
+class Coeffs(ABC):
+    """Linear coefficients on one node's value for a batch of specification rows, in some layout.
+
+    ``data`` holds the numbers, ``[B', S, ...]`` (B' = 1 or the batch); row ``(b, s)`` is the linear form
+    ``sum(data[b, s] * local(v)[b, s])`` of the node's value ``v``. A representation defines how a
+    per-neuron map of the node is laid out against ``data`` (:meth:`local`) and how an affine op is
+    transposed (:meth:`through`); everything else is shared.
+    """
+
+    data: Tensor
+
+    @abstractmethod
+    def local(self, t: Tensor) -> Tensor:
+        """A per-neuron map of the node (``[1 or B, *shape]``, or per row ``[B, S, *shape]``) laid out
+        to broadcast against ``data``."""
+
+    @abstractmethod
+    def like(self, data: Tensor) -> Coeffs:
+        """The same layout holding other numbers."""
+
+    @abstractmethod
+    def through(self, node: Node, rule: Affine, ctx: Ctx) -> tuple[list[Coeffs], Tensor | None]:
+        """Coefficients on each input of the affine op ``node`` and the constant ``[B', S]`` (or None)."""
+
+    @abstractmethod
+    def plus(self, other: Coeffs) -> Coeffs:
+        """The sum of two coefficient sets on the same node (a node read by two consumers)."""
+
+    def dot(self, t: Tensor) -> Tensor:
+        """``sum(data * local(t))`` per row: [B or B', S]."""
+        return dot(self.data, self.local(t))
+
+
+class Dense(Coeffs):
+    """Coefficients on every neuron of the node: ``data`` is ``[B', S, *shape]``."""
+
+    def __init__(self, data: Tensor) -> None:
+        self.data = data
+
+    def local(self, t: Tensor) -> Tensor:
+        return t if t.ndim == self.data.ndim else t.unsqueeze(1)
+
+    def like(self, data: Tensor) -> Coeffs:
+        return Dense(data)
+
+    def through(self, node: Node, rule: Affine, ctx: Ctx) -> tuple[list[Coeffs], Tensor | None]:
+        ins, bias = rule.back(node, self.data, ctx)
+        return [Dense(a) for a in ins], bias
+
+    def plus(self, other: Coeffs) -> Coeffs:
+        return Dense(self.data + other.data)
+
+
 def forward_pass(
     graph: Graph,
     rules: dict[str, Callable[..., Bounds]],
@@ -109,51 +168,100 @@ def forward_pass(
     return out
 
 
-def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+def _add(a: Coeffs | None, b: Coeffs | None) -> Coeffs | None:
     if a is None:
         return b
     if b is None:
         return a
-    return a + b
+    return a.plus(b)
 
 
-def _relax_apply(A: Tensor, a_pos: Tensor, b_pos: Tensor | None, a_neg: Tensor, b_neg: Tensor | None):
-    """Coefficients ``A+ a_pos + A- a_neg`` and constant ``A+ · b_pos + A- · b_neg`` (None = zero)."""
-    pos = A.clamp(min=0)
-    new = A * a_neg + pos * (a_pos - a_neg)
+def _relax_apply(
+    A: Coeffs, a_pos: Tensor, b_pos: Tensor | None, a_neg: Tensor, b_neg: Tensor | None
+) -> tuple[list[Coeffs | None], Tensor | float]:
+    """Coefficients ``A+ a_pos + A- a_neg`` and constant ``A+ · b_pos + A- · b_neg`` (None = zero); the
+    slopes and intercepts are already laid out by ``A.local``."""
+    pos = A.data.clamp(min=0)
+    new = A.data * a_neg + pos * (a_pos - a_neg)
     bias: Tensor | float = 0.0
     if b_pos is not None:
         bias = bias + dot(pos, b_pos)
     if b_neg is not None:
-        bias = bias + dot(A - pos, b_neg)
-    return [new], bias
+        bias = bias + dot(A.data - pos, b_neg)
+    return [A.like(new)], bias
+
+
+def _affine_step(
+    node: Node, rule: Affine, al: Coeffs | None, au: Coeffs | None, ctx: Ctx
+) -> tuple[list[Coeffs | None], Tensor | None, list[Coeffs | None], Tensor | None]:
+    """Transpose an affine op for the lower and upper coefficients (once while they are shared)."""
+    none: list[Coeffs | None] = [None] * len(node.inputs)
+    if al is not None and al is au:
+        ins, b = al.through(node, rule, ctx)
+        return list(ins), b, list(ins), b
+    ins_l, b_l, ins_u, b_u = none, None, none, None
+    if al is not None:
+        ins, b_l = al.through(node, rule, ctx)
+        ins_l = list(ins)
+    if au is not None:
+        ins, b_u = au.through(node, rule, ctx)
+        ins_u = list(ins)
+    return ins_l, b_l, ins_u, b_u
+
+
+def _relax_step(
+    node: Node, rule: Relax, al: Coeffs | None, au: Coeffs | None, ctx: Ctx
+) -> tuple[list[Coeffs | None], Tensor | float, list[Coeffs | None], Tensor | float]:
+    """Replace an activation by its linear bounds: the lower one where a lower bound's coefficient is
+    positive (an upper bound's is negative), and the other one elsewhere."""
+    lb, ub = ctx.bounds[node.inputs[0]]
+    layout = al if al is not None else au
+    assert layout is not None
+    aL, bL, aU, bU = (None if t is None else layout.local(t) for t in rule.relax(node, lb, ub, ctx))
+    assert aL is not None and aU is not None
+    ins_l: list[Coeffs | None] = [None]
+    ins_u: list[Coeffs | None] = [None]
+    bias_l: Tensor | float = 0.0
+    bias_u: Tensor | float = 0.0
+    if al is not None:
+        ins_l, bias_l = _relax_apply(al, aL, bL, aU, bU)
+    if au is not None:
+        ins_u, bias_u = _relax_apply(au, aU, bU, aL, bL)
+    return ins_l, bias_l, ins_u, bias_u
+
+
+def _plus_bias(total: Tensor | float, b: Tensor | float | None) -> Tensor | float:
+    return total if b is None else total + b
 
 
 def backward(
     graph: Graph,
     target: str,
-    A0: Tensor,
-    table: dict[str, Affine | Relax],
+    A0: Coeffs | Tensor,
+    table: Mapping[str, Affine | Relax],
     ctx: Ctx,
     *,
     lower: bool = True,
     upper: bool = True,
     stop: frozenset[str] = frozenset(),
-) -> tuple[dict[str, Tensor], Tensor | float, dict[str, Tensor], Tensor | float]:
-    """Propagate ``A0`` ([B', S, *shape(target)]) from ``target`` back to the input.
+) -> tuple[dict[str, Coeffs], Tensor | float, dict[str, Coeffs], Tensor | float]:
+    """Propagate ``A0`` (a :class:`Coeffs`, or a dense tensor ``[B', S, *shape(target)]``) from
+    ``target`` back to the input.
 
     Returns ``(leaves_lo, bias_lo, leaves_up, bias_up)``: for the lower bound,
     ``A0 · v_target >= sum_leaf A_leaf · v_leaf + bias_lo`` for every input in the set, given that the
     relaxations in ``table`` are valid on the intervals in ``ctx.bounds``; leaves are the input node and
-    any node of ``stop`` reached (upper bound likewise with ``<=``).
+    any node of ``stop`` reached (upper bound likewise with ``<=``). Exact arithmetic; callers add the
+    rounding margin.
     """
+    start = A0 if isinstance(A0, Coeffs) else Dense(A0)
     anc = graph.ancestors(target)
-    A_lo: dict[str, Tensor | None] = {target: A0 if lower else None}
-    A_up: dict[str, Tensor | None] = {target: A0 if upper else None}
+    A_lo: dict[str, Coeffs | None] = {target: start if lower else None}
+    A_up: dict[str, Coeffs | None] = {target: start if upper else None}
     bias_lo: Tensor | float = 0.0
     bias_up: Tensor | float = 0.0
-    leaves_lo: dict[str, Tensor] = {}
-    leaves_up: dict[str, Tensor] = {}
+    leaves_lo: dict[str, Coeffs] = {}
+    leaves_up: dict[str, Coeffs] = {}
     idx = next(i for i, n in enumerate(graph.nodes) if n.name == target)
     for node in reversed(graph.nodes[: idx + 1]):
         if node.name not in anc or node.name not in A_lo:
@@ -166,35 +274,15 @@ def backward(
                 leaves_up[node.name] = au
             continue
         rule = table[node.op]
+        ins_l: list[Coeffs | None]
+        ins_u: list[Coeffs | None]
+        b_l: Tensor | float | None
+        b_u: Tensor | float | None
         if isinstance(rule, Affine):
-            if al is not None and al is au:
-                ins, b = rule.back(node, al, ctx)
-                ins_l, ins_u = ins, ins
-                if b is not None:
-                    bias_lo = bias_lo + b
-                    bias_up = bias_up + b
-            else:
-                ins_l, ins_u = [None] * len(node.inputs), [None] * len(node.inputs)
-                if al is not None:
-                    ins_l, b = rule.back(node, al, ctx)
-                    bias_lo = bias_lo if b is None else bias_lo + b
-                if au is not None:
-                    ins_u, b = rule.back(node, au, ctx)
-                    bias_up = bias_up if b is None else bias_up + b
+            ins_l, b_l, ins_u, b_u = _affine_step(node, rule, al, au, ctx)
         else:
-            lb, ub = ctx.bounds[node.inputs[0]]
-            aL, bL, aU, bU = rule.relax(node, lb, ub, ctx)
-            nd = len(ctx.shapes[node.name])
-            aL, bL, aU, bU = (
-                t if t is None or t.ndim == nd + 2 else t.unsqueeze(1) for t in (aL, bL, aU, bU)
-            )
-            ins_l, ins_u = [None], [None]
-            if al is not None:
-                ins_l, b = _relax_apply(al, aL, bL, aU, bU)
-                bias_lo = bias_lo + b
-            if au is not None:
-                ins_u, b = _relax_apply(au, aU, bU, aL, bL)
-                bias_up = bias_up + b
+            ins_l, b_l, ins_u, b_u = _relax_step(node, rule, al, au, ctx)
+        bias_lo, bias_up = _plus_bias(bias_lo, b_l), _plus_bias(bias_up, b_u)
         for inp, nl, nu in zip(node.inputs, ins_l, ins_u, strict=True):
             ol, ou = A_lo.get(inp), A_up.get(inp)
             shared = (ol is ou) and (nl is nu)
@@ -204,34 +292,34 @@ def backward(
     return leaves_lo, bias_lo, leaves_up, bias_up
 
 
-def concretize_input(A: Tensor, inset: InputSet, upper: bool = False) -> Tensor:
-    """Lower (or upper) bound of ``A · x`` over the input set: [B', S, *in] -> [B, S].
+def concretize_input(A: Coeffs, inset: InputSet, upper: bool = False) -> Tensor:
+    """Lower (or upper) bound of ``A · x`` over the input set: [B, S].
 
     Box: ``A·c ∓ |A|·r``. L2: the tighter of the ball bound ``A·x0 ∓ eps ||A||_2`` and the box bound —
-    both bound ``A · x`` over ball ∩ box, so the tighter one does too.
+    both bound ``A · x`` over ball ∩ box, so the tighter one does too (``||A||_2`` of the stored numbers:
+    a representation stores zeros, or nothing, for the coefficients it leaves out).
     """
-    Af = A.flatten(2)
-    c = ((inset.lo + inset.hi) / 2).flatten(1).unsqueeze(-1)
-    r = ((inset.hi - inset.lo) / 2).flatten(1).unsqueeze(-1)
+    c = (inset.lo + inset.hi) / 2
+    r = (inset.hi - inset.lo) / 2
     sign = 1.0 if upper else -1.0
-    val = (Af @ c).squeeze(-1) + sign * (Af.abs() @ r).squeeze(-1)
+    val = A.dot(c) + sign * dot(A.data.abs(), A.local(r))
     if inset.center is not None:
-        x0 = inset.center.flatten(1).unsqueeze(-1)
-        ball = (Af @ x0).squeeze(-1) + sign * inset.eps * torch.linalg.vector_norm(Af, dim=-1)
+        norm = torch.linalg.vector_norm(A.data.flatten(2), dim=-1)
+        ball = A.dot(inset.center) + sign * inset.eps * norm
         val = torch.minimum(val, ball) if upper else torch.maximum(val, ball)
     return val
 
 
-def concretize_interval(A: Tensor, bounds: Bounds, upper: bool = False) -> Tensor:
-    """Lower (or upper) bound of ``A · v`` over the box ``v in [lb, ub]``: [B', S, *shape] -> [B, S]."""
+def concretize_interval(A: Coeffs, bounds: Bounds, upper: bool = False) -> Tensor:
+    """Lower (or upper) bound of ``A · v`` over the box ``v in [lb, ub]``: [B, S]."""
     lb, ub = bounds
-    pos = A.clamp(min=0)
+    pos = A.data.clamp(min=0)
     lo_t, hi_t = (ub, lb) if upper else (lb, ub)
-    return dot(pos, lo_t.unsqueeze(1)) + dot(A - pos, hi_t.unsqueeze(1))
+    return dot(pos, A.local(lo_t)) + dot(A.data - pos, A.local(hi_t))
 
 
 def concretize(
-    leaves: dict[str, Tensor],
+    leaves: dict[str, Coeffs],
     bias: Tensor | float,
     graph: Graph,
     inset: InputSet,

@@ -21,7 +21,9 @@ from robustcert.bounds.crown import crown_lower, relu_relax
 from robustcert.graph.ir import Graph, Node
 
 
-def relu_alpha_relax(node: Node, lb: Tensor, ub: Tensor, ctx: Ctx) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def relu_alpha_relax(
+    node: Node, lb: Tensor, ub: Tensor, ctx: Ctx
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     """ReLU relaxation whose lower slope on unstable neurons is ``ctx.state['alpha'][node]`` [B, S, *shape]."""
     aL, bL, aU, bU = relu_relax(node, lb, ub, ctx)
     alpha = ctx.state["alpha"].get(node.name)

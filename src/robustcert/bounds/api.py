@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -208,6 +208,38 @@ def logit_bounds(
     return (lo - tol).detach(), (hi + tol).detach()
 
 
+class BoxBounds(NamedTuple):
+    """Result of :func:`box_bounds`: ``activation_inputs[name] = (lo, hi)`` ([B, *shape] each) for every
+    node read by an activation, and ``spec_lower`` ([B, S]) lower bounds of ``C · output``."""
+
+    activation_inputs: dict[str, tuple[Tensor, Tensor]]
+    spec_lower: Tensor
+
+
+def box_bounds(model: Model, lo: Tensor, hi: Tensor, C: Tensor, intermediate: str = "crown") -> BoxBounds:
+    """Certified CROWN bounds over the explicit box ``[lo, hi]`` ([B, *input_shape]): the intervals of
+    every activation input (the intervals CROWN's relaxations are built on) and lower bounds of the
+    specification rows ``C · output`` (``C``: [1 or B, S, K]). Float64, CPU.
+
+    Guarantee: for every x' in the box, the real-valued network with the model's stored weights has each
+    activation input inside its interval and ``C · f(x') >= spec_lower``, including float64 rounding in
+    the computation (the safety margin of :mod:`robustcert.bounds._soundness` is applied to both). Used by
+    the exact MILP for its big-M constants.
+    """
+    graph, inset, shapes, mags = _setup(model, None, None, "linf", "crown", (lo, hi), intermediate)
+    k = numel(shapes[graph.output])
+    if not isinstance(C, Tensor) or C.ndim != 3 or C.shape[0] not in (1, inset.batch) or C.shape[2] != k:
+        raise RobustCertError(
+            f"C must be a tensor [1 or {inset.batch}, S, {k}], got {getattr(C, 'shape', C)}"
+        )
+    C = C.detach().to(torch.float64)
+    with torch.no_grad():
+        ctx = _intermediate(graph, inset, shapes, mags, intermediate)
+        lb = crown.crown_lower(graph, C, inset, ctx) - spec_tol(C, mags[graph.output])
+    pre = {name: ctx.bounds[name] for name in crown.activation_inputs(graph)}
+    return BoxBounds(pre, lb.detach())
+
+
 def is_verified(margins: Tensor) -> Tensor:
     """[B] bool: True where every margin bound with j != y is > 0 (column y holds +inf, so: all > 0)."""
     if not isinstance(margins, Tensor) or margins.ndim != 2:
@@ -275,6 +307,8 @@ def crown_margin_lower(
 
 __all__ = [
     "SAFETY_REL",
+    "BoxBounds",
+    "box_bounds",
     "crown_margin_lower",
     "ibp_bounds",
     "ibp_margin_lower",

@@ -16,7 +16,8 @@ itself (default) — with the specification being each neuron that the IBP inter
 by IBP only (``intermediate="ibp"``, i.e. CROWN-IBP). Every intermediate CROWN interval is intersected
 with the IBP one. Nodes that are an affine function of the input use one batch-shared identity
 specification (and are skipped for a box when IBP is already exact there). Neurons of conv feature maps
-keep their coefficients in their receptive field (:mod:`.crown_window`); convolutions are always
+keep their coefficients in their receptive field (:class:`.crown_window.Patches`, a coefficient
+representation of the one backward substitution :func:`._common.backward`); convolutions are always
 propagated in convolution form, never as dense matrices. Large specifications are processed in chunks of
 rows within ``MEMORY_BUDGET_BYTES``.
 """
@@ -33,7 +34,9 @@ from robustcert.bounds._affine import AFFINE_BACK
 from robustcert.bounds._common import (
     Affine,
     Bounds,
+    Coeffs,
     Ctx,
+    Dense,
     InputSet,
     Relax,
     backward,
@@ -79,6 +82,28 @@ def _tangent(
     return a, f(d) - a * d
 
 
+def _checked_tangent(
+    f: Callable[[Tensor], Tensor],
+    df: Callable[[Tensor], Tensor],
+    ok: Callable[[Tensor], Tensor],
+    end: Tensor,
+    iters: int,
+    chord_a: Tensor,
+    chord_b: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The tangent at a point d between 0 and ``end`` that passes ``ok``, as close to 0 as ``iters``
+    bisection steps get: where ``ok(end)`` fails, the chord instead. Only points that passed ``ok`` are
+    ever kept, so the tangent returned always passed the check."""
+    good, bad = end, torch.zeros_like(end)
+    end_ok = ok(good)
+    for _ in range(iters):
+        m = (good + bad) / 2
+        m_ok = ok(m)
+        good, bad = torch.where(m_ok, m, good), torch.where(m_ok, bad, m)
+    t_a, t_b = _tangent(f, df, good)
+    return torch.where(end_ok, t_a, chord_a), torch.where(end_ok, t_b, chord_b)
+
+
 def _s_shaped_relax(
     f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Tensor], lb: Tensor, ub: Tensor, iters: int = 40
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -107,30 +132,13 @@ def _s_shaped_relax(
         a, b = _tangent(f, df, d)
         return a * lb + b >= fl
 
-    lo_d, hi_d = torch.zeros_like(ub), ub.clamp(min=0)
-    u_ok = upper_ok(hi_d)
-    for _ in range(iters):
-        m = (lo_d + hi_d) / 2
-        ok = upper_ok(m)
-        hi_d, lo_d = torch.where(ok, m, hi_d), torch.where(ok, lo_d, m)
-    tu_a, tu_b = _tangent(f, df, hi_d)
-    up_a_str = torch.where(u_ok, tu_a, chord_a)
-    up_b_str = torch.where(u_ok, tu_b, chord_b)
-
     # straddling, lower bound: tangent at d in [lb, 0] valid if it is <= f(ub) at ub
     def lower_ok(d: Tensor) -> Tensor:
         a, b = _tangent(f, df, d)
         return a * ub + b <= fu
 
-    lo_d, hi_d = lb.clamp(max=0), torch.zeros_like(lb)
-    l_ok = lower_ok(lo_d)
-    for _ in range(iters):
-        m = (lo_d + hi_d) / 2
-        ok = lower_ok(m)
-        lo_d, hi_d = torch.where(ok, m, lo_d), torch.where(ok, hi_d, m)
-    tl_a, tl_b = _tangent(f, df, lo_d)
-    lo_a_str = torch.where(l_ok, tl_a, chord_a)
-    lo_b_str = torch.where(l_ok, tl_b, chord_b)
+    up_a_str, up_b_str = _checked_tangent(f, df, upper_ok, ub.clamp(min=0), iters, chord_a, chord_b)
+    lo_a_str, lo_b_str = _checked_tangent(f, df, lower_ok, lb.clamp(max=0), iters, chord_a, chord_b)
 
     convex, concave = ub <= 0, lb >= 0
     aU = torch.where(convex, chord_a, torch.where(concave, mid_a, up_a_str))
@@ -244,19 +252,21 @@ def crown_node_bounds(
         return lo_full.reshape((B,) + shape), up_full.reshape((B,) + shape)
     order = torch.argsort(rows.to(torch.int8), dim=1, descending=True, stable=True)[:, :s_max]
     valid = torch.arange(s_max).unsqueeze(0) < counts.unsqueeze(1)
-    planned = crown_window.plan(graph, target, ctx) if use_windows else None
-    if planned is not None:
-        big = crown_window.max_window_numel(planned, ctx)
+    geos = crown_window.plan(graph, target, ctx) if use_windows else None
+    if geos is not None:
+        big = crown_window.max_window_numel(geos, ctx)
     step = chunk_rows(s_max, B, big)
     for r0 in range(0, s_max, step):
         r1 = min(s_max, r0 + step)
         idx = order[:, r0:r1]
-        if planned is not None:
-            lo, up = crown_window.crown_window_bounds(graph, target, inset, ctx, idx, table, planned)
+        start: Coeffs
+        if geos is not None:
+            start = crown_window.Patches.rows(idx, shape, target, geos, dtype)
         else:
-            A0 = torch.zeros((B, r1 - r0, n), dtype=dtype)
-            A0.scatter_(2, idx.unsqueeze(-1), 1.0)
-            lo, up = _bounds_of(graph, target, A0.reshape((B, r1 - r0) + shape), inset, ctx, table)
+            dense = torch.zeros((B, r1 - r0, n), dtype=dtype)
+            dense.scatter_(2, idx.unsqueeze(-1), 1.0)
+            start = Dense(dense.reshape((B, r1 - r0) + shape))
+        lo, up = _bounds_of(graph, target, start, inset, ctx, table)
         ok = valid[:, r0:r1]
         lo_full = lo_full.scatter_reduce(1, idx, torch.where(ok, lo, -torch.inf), reduce="amax")
         up_full = up_full.scatter_reduce(1, idx, torch.where(ok, up, torch.inf), reduce="amin")
@@ -264,12 +274,18 @@ def crown_node_bounds(
 
 
 def _bounds_of(
-    graph: Graph, target: str, A0: Tensor, inset: InputSet, ctx: Ctx, table: dict[str, Affine | Relax]
+    graph: Graph,
+    target: str,
+    A0: Coeffs | Tensor,
+    inset: InputSet,
+    ctx: Ctx,
+    table: dict[str, Affine | Relax],
 ) -> Bounds:
     ll, bl, lu, bu = backward(graph, target, A0, table, ctx, lower=True, upper=True)
     lo = concretize(ll, bl, graph, inset, ctx)
     up = concretize(lu, bu, graph, inset, ctx, upper=True)
-    return lo.expand(inset.batch, A0.shape[1]), up.expand(inset.batch, A0.shape[1])
+    rows = (A0.data if isinstance(A0, Coeffs) else A0).shape[1]
+    return lo.expand(inset.batch, rows), up.expand(inset.batch, rows)
 
 
 def intermediate_bounds(

@@ -68,7 +68,9 @@ def validate_examples(x: torch.Tensor, y: torch.Tensor, num_classes: int, what: 
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of x (N×C×H×W); std is floored at 1e-3 so Normalize stays finite."""
+    """Per-channel mean and std of x (N×C×H×W); std is floored at 1e-3 so Normalize stays finite.
+
+    A channel with a single value in all (undefined sample std) gets std 1."""
     mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    std = torch.nan_to_num(x.std(dim=(0, 2, 3)), nan=1.0).clamp_min(1e-3)
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)

@@ -12,11 +12,28 @@ IR by evaluating each op on the zero vector and on the basis vectors, in float64
     a ≥ z,  a ≥ 0,  a ≤ u·δ,  a ≤ z − l·(1 − δ),  δ ∈ {0, 1};
 
 ReLUs with ``u ≤ 0`` (stably inactive) become 0 and those with ``l ≥ 0`` (stably active) pass ``z`` through,
-without a binary. The bounds ``l, u`` come from interval arithmetic (IBP) in float64 over the composed affine
-expressions, intersected (by default) with back-substitution bounds (the DeepPoly/CROWN linear relaxation of
-the earlier ReLUs, substituted back to the input box), and are widened by a relative 1e-9 of the magnitudes
-involved (plus 1e-12) so that rounding cannot make them invalid. Any valid bounds keep the MILP exact;
-tighter ones only make it smaller (fewer binaries) and its relaxation stronger.
+without a binary. Any valid bounds keep the MILP exact; tighter ones only make it smaller (fewer binaries)
+and its relaxation stronger.
+
+Where the big-M bounds come from, and why they are valid
+--------------------------------------------------------
+The MILP holds ``z`` as an affine expression ``A v + c`` over its variables (the input box and the
+outputs of earlier unstable ReLUs, each with its own bounds), composed in float64. ``l, u`` are the
+intersection of two bounds, each valid for every value ``z`` takes on D:
+
+1. interval arithmetic over that expression and the variables' bounds;
+2. (``tighten_bounds``, the default) the certified CROWN interval of the same graph node from
+   :func:`robustcert.bounds.api.box_bounds` — the package's one backward substitution over the same
+   float64 graph and box, which holds for the real-valued network including the rounding of its own
+   computation (the ``SAFETY_REL`` margin of :mod:`robustcert.bounds._soundness`).
+
+Both are then widened by ``w = 1e-9 · (|A| |v|_max + |c|) + 1e-12``, a relative 1e-9 of the magnitudes
+involved. ``w`` covers the float64 rounding of the interval arithmetic in (1), and, for (2), the
+difference between the real value of ``z`` and the MILP's expression of it (composed in float64: a few
+ulps of the same magnitudes, about 1e-16 relative). Each widened bound therefore contains the MILP's
+own ``z`` on D, so their intersection does, and the big-M constraints cut off no feasible point. The
+lower/upper bounds of each class's margin used for ``decision_only`` and for ``tolerance`` below come
+the same way (interval arithmetic ∩ CROWN's certified margin bounds, widened by ``w``).
 
 How a verdict is kept sound
 ---------------------------
@@ -35,9 +52,13 @@ How a verdict is kept sound
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,12 +67,17 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
+from robustcert.bounds.api import box_bounds
 from robustcert.errors import RobustCertError
+from robustcert.exact._solver_output import solver_output
+from robustcert.models.modes import eval_mode
 from robustcert.validation import check_eps
 
 _WIDEN_REL = 1e-9
 _WIDEN_ABS = 1e-12
 _ROBUST_TOL_REL = 1e-6
+
+Interval = tuple[np.ndarray, np.ndarray]  # lower and upper bounds of a flat value
 
 
 @dataclass
@@ -110,10 +136,6 @@ class _Encoder:
         self.row_lb: list[float] = []
         self.row_ub: list[float] = []
         self.num_binaries = 0
-        self.n_input = len(lo)
-        self.tighten = True
-        # one entry per ReLU node with unstable neurons: (var indices, pre-activation A, c, l, u)
-        self.blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     @property
     def nv(self) -> int:
@@ -126,8 +148,10 @@ class _Encoder:
         out[:, : A.shape[1]] = A
         return out
 
-    def bounds(self, e: _Expr) -> tuple[np.ndarray, np.ndarray]:
-        """Interval bounds of an expression over the variable box, widened against float64 rounding."""
+    def bounds(self, e: _Expr, given: Interval | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Valid bounds of an expression over the variable box: interval arithmetic, intersected with the
+        certified interval ``given`` of the same value (if any); both widened against float64 rounding by
+        a relative ``_WIDEN_REL`` of the magnitudes involved plus ``_WIDEN_ABS`` (module docstring)."""
         lb = np.asarray(self.lb[: e.A.shape[1]])
         ub = np.asarray(self.ub[: e.A.shape[1]])
         mid, rad = (lb + ub) / 2, (ub - lb) / 2
@@ -135,48 +159,9 @@ class _Encoder:
         centre = e.A @ mid + e.c
         radius = absA @ rad
         widen = _WIDEN_REL * (absA @ np.abs(mid) + radius + np.abs(e.c)) + _WIDEN_ABS
-        return centre - radius - widen, centre + radius + widen
-
-    def _back_lower(self, A: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """Lower bounds of ``A v + c`` by back-substitution (DeepPoly / CROWN, Singh et al. 2019, Zhang et al.
-        2018): every ReLU variable is replaced by its linear relaxation in terms of its pre-activation,
-        from the last ReLU node to the first, until only input variables remain; then the input box is used.
-        The result is widened by 1e-9 of the magnitude of every term involved, against float64 rounding."""
-        G = np.zeros((A.shape[0], max(A.shape[1], self.n_input)))
-        G[:, : A.shape[1]] = A
-        const = c.astype(np.float64).copy()
-        mass = np.abs(const)
-        for idx, pre_A, pre_c, low, up in reversed(self.blocks):
-            if idx[0] >= G.shape[1]:
-                continue
-            g = G[:, idx]
-            # lower relaxation a >= alpha*z (alpha = 1 if u > -l else 0); upper a <= s*(z - l), s = u/(u-l)
-            alpha = (up > -low).astype(np.float64)
-            s = up / (up - low)
-            coef = np.where(g > 0, g * alpha, g * s)
-            shift = np.where(g > 0, 0.0, -g * s * low)
-            G[:, idx] = 0.0
-            G[:, : pre_A.shape[1]] += coef @ pre_A
-            const += coef @ pre_c + shift.sum(axis=1)
-            mass += np.abs(coef) @ (np.abs(pre_A) @ self._absmax(pre_A.shape[1]) + np.abs(pre_c)) + np.abs(
-                shift
-            ).sum(axis=1)
-        n = self.n_input
-        lo, hi = np.asarray(self.lb[:n]), np.asarray(self.ub[:n])
-        Gi = G[:, :n]
-        value = const + np.maximum(Gi, 0) @ lo + np.minimum(Gi, 0) @ hi
-        mass += np.abs(Gi) @ np.maximum(np.abs(lo), np.abs(hi))
-        return value - (_WIDEN_REL * mass + _WIDEN_ABS)
-
-    def _absmax(self, n: int) -> np.ndarray:
-        return np.maximum(np.abs(np.asarray(self.lb[:n])), np.abs(np.asarray(self.ub[:n])))
-
-    def tight_bounds(self, e: _Expr) -> tuple[np.ndarray, np.ndarray]:
-        """Interval bounds intersected with back-substitution bounds (both sound, so is their intersection)."""
-        low, up = self.bounds(e)
-        if self.tighten and self.blocks:
-            low = np.maximum(low, self._back_lower(e.A, e.c))
-            up = np.minimum(up, -self._back_lower(-e.A, -e.c))
+        low, up = centre - radius - widen, centre + radius + widen
+        if given is not None:
+            low, up = np.maximum(low, given[0] - widen), np.minimum(up, given[1] + widen)
         return low, up
 
     def new_var(self, lo: float, hi: float, integer: bool = False) -> int:
@@ -190,13 +175,12 @@ class _Encoder:
         self.row_lb.append(lo)
         self.row_ub.append(hi)
 
-    def relu(self, e: _Expr) -> _Expr:
-        low, up = self.tight_bounds(e)
+    def relu(self, e: _Expr, given: Interval | None) -> _Expr:
+        """Encode ``max(e, 0)`` (big-M with a binary where its bounds straddle 0) and return its value."""
+        low, up = self.bounds(e, given)
         n = e.A.shape[0]
         rows_A: list[np.ndarray] = []
         rows_c = np.zeros(n)
-        unstable: list[int] = []
-        var_idx: list[int] = []
         for k in range(n):
             if up[k] <= 0:  # stably inactive
                 rows_A.append(np.zeros(0))
@@ -206,8 +190,6 @@ class _Encoder:
             else:
                 a = self.new_var(0.0, float(up[k]))
                 d = self.new_var(0.0, 1.0, integer=True)
-                unstable.append(k)
-                var_idx.append(a)
                 self.num_binaries += 1
                 z = e.A[k]
                 # a - z >= c
@@ -229,9 +211,6 @@ class _Encoder:
                 unit = np.zeros(self.nv)
                 unit[a] = 1.0
                 rows_A.append(unit)
-        if unstable:
-            k_arr = np.asarray(unstable)
-            self.blocks.append((np.asarray(var_idx), e.A[k_arr], e.c[k_arr], low[k_arr], up[k_arr]))
         A = np.zeros((n, self.nv))
         for k, row in enumerate(rows_A):
             A[k, : row.size] = row
@@ -272,11 +251,21 @@ def _affine_map(
     return jacs, f0[0].numpy().copy()
 
 
+def _check_relu_network(graph: Any, ops: dict[str, Any]) -> None:
+    for node in graph.nodes:
+        spec = ops.get(node.op)
+        if node.op != "relu" and (spec is None or not spec.is_affine):
+            raise RobustCertError(
+                f"exact MILP supports ReLU networks only; node {node.name} has op {node.op}"
+            )
+
+
 def _encode(
-    graph: Any, ops: dict[str, Any], lo: np.ndarray, hi: np.ndarray, tighten: bool = True
+    graph: Any, ops: dict[str, Any], lo: np.ndarray, hi: np.ndarray, given: dict[str, Interval]
 ) -> tuple[_Encoder, _Expr]:
+    """The MILP of the graph over the box [lo, hi]; ``given`` holds certified intervals of (some) ReLU
+    inputs, intersected with the encoder's own interval bounds for the big-M constants."""
     enc = _Encoder(lo, hi)
-    enc.tighten = tighten
     shapes: dict[str, tuple[int, ...]] = {}
     with torch.no_grad():
         probe = torch.as_tensor(((lo + hi) / 2).reshape(1, *graph.input_shape), dtype=torch.float64)
@@ -289,15 +278,10 @@ def _encode(
         if node.op == "input":
             exprs[node.name] = _Expr(np.eye(lo.size), np.zeros(lo.size))
             continue
-        if node.op.lower() == "relu":
-            exprs[node.name] = enc.relu(exprs[node.inputs[0]])
+        if node.op == "relu":
+            exprs[node.name] = enc.relu(exprs[node.inputs[0]], given.get(node.inputs[0]))
             continue
-        spec = ops.get(node.op)
-        if spec is None or not spec.is_affine:
-            raise RobustCertError(
-                f"exact MILP supports ReLU networks only; node {node.name} has op {node.op}"
-            )
-        jacs, offset = _affine_map(spec, node, [shapes[i] for i in node.inputs])
+        jacs, offset = _affine_map(ops[node.op], node, [shapes[i] for i in node.inputs])
         A = np.zeros((offset.size, enc.nv))
         c = offset.copy()
         for J, inp in zip(jacs, node.inputs, strict=True):
@@ -306,6 +290,32 @@ def _encode(
             c += J @ e.c
         exprs[node.name] = _Expr(A, c)
     return enc, exprs[graph.output]
+
+
+def _margin_spec(y: int, num_classes: int) -> torch.Tensor:
+    """Rows ``e_y - e_j`` then ``e_j - e_y`` for the classes j != y, in order: [1, 2(K-1), K]."""
+    eye = torch.eye(num_classes, dtype=torch.float64)
+    rows = eye[y] - eye[[j for j in range(num_classes) if j != y]]
+    return torch.cat([rows, -rows]).unsqueeze(0)
+
+
+def _certified(
+    graph: Any, lo: np.ndarray, hi: np.ndarray, y: int, num_classes: int
+) -> tuple[dict[str, Interval], dict[int, Interval]]:
+    """CROWN bounds of robustcert.bounds over the box: the ReLU inputs' intervals (flat, by node) and
+    each class's margin interval; valid for the real-valued network, rounding included."""
+    box = [torch.as_tensor(b.reshape(1, *graph.input_shape), dtype=torch.float64) for b in (lo, hi)]
+    res = box_bounds(graph, box[0], box[1], _margin_spec(y, num_classes))
+    pre = {
+        name: (b_lo[0].flatten().numpy(), b_hi[0].flatten().numpy())
+        for name, (b_lo, b_hi) in res.activation_inputs.items()
+    }
+    others = [j for j in range(num_classes) if j != y]
+    spec = res.spec_lower[0].numpy()
+    margins = {
+        j: (spec[i : i + 1], -spec[len(others) + i : len(others) + i + 1]) for i, j in enumerate(others)
+    }
+    return pre, margins
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -381,6 +391,7 @@ def exact_margin(
     mip_rel_gap: float = 1e-6,
     decision_only: bool = False,
     tighten_bounds: bool = True,
+    log_path: Path | None = None,
 ) -> ExactResult:
     """Exact minimum of ``f_y − max_{j≠y} f_j`` over ``B_inf(x, eps) ∩ [0, 1]`` (or over ``box``, used as
     given) for a ReLU network, by one MILP per class ``j ≠ y`` (HiGHS via ``scipy.optimize.milp``).
@@ -390,8 +401,12 @@ def exact_margin(
     ``time_limit`` (seconds) is shared by all classes; classes whose solve is cut short keep their dual
     bound. With ``decision_only`` the solve stops at the first counterexample and skips classes already
     proven by interval bounds: faster as a complete verifier, but ``min_margin`` is then often None.
-    ``tighten_bounds`` (default) intersects the interval big-M bounds with back-substitution bounds, which
-    shrinks the MILP a lot on deeper nets; False gives the plain interval encoding (same answer, slower).
+    ``tighten_bounds`` (default) intersects the interval big-M bounds with the certified CROWN bounds of
+    :mod:`robustcert.bounds`, which shrinks the MILP a lot on deeper nets; False gives the plain interval
+    encoding (same answer, slower).
+    Solver output never reaches stdout: HiGHS writes to file descriptor 1 from C, so fd 1 is redirected
+    around each solve; with ``log_path`` HiGHS' log (and one header line per class) is appended to that
+    file, without it the output is discarded.
     Guarantees (see the module docstring): ``"robust"`` only if every class's proven lower bound
     exceeds ``tolerance``; ``"counterexample"`` only if the torch model misclassifies ``counterexample``,
     which lies in the input domain. Raises RobustCertError on bad input or an op other than affine/ReLU.
@@ -421,9 +436,7 @@ def exact_margin(
         param = next(iter(model.parameters()), None)
         if param is not None and torch.is_floating_point(param):
             ref = ref.to(param.dtype)
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-    try:
+    with eval_mode(model) if is_module else contextlib.nullcontext():
         graph = to_graph(model, input_shape)
 
         def forward(t: torch.Tensor) -> torch.Tensor:
@@ -440,14 +453,12 @@ def exact_margin(
             raise RobustCertError(f"model must return logits [B, K], got shape {tuple(logits0.shape)}")
         num_classes = int(logits0.shape[1])
         yi = _label(y, num_classes)
-        enc, out = _encode(graph, OPS, lo, hi, tighten_bounds)
-        return _solve(
-            enc, out, yi, num_classes, lo, hi, ref, forward, start, time_limit, mip_rel_gap, decision_only
-        )
-    finally:
-        if is_module:
-            for m, was_training in modes:
-                m.training = was_training
+        _check_relu_network(graph, OPS)
+        pre, margins = _certified(graph, lo, hi, yi, num_classes) if tighten_bounds else ({}, {})
+        enc, out = _encode(graph, OPS, lo, hi, pre)
+        dom = _Domain(lo, hi, ref, forward)
+        settings = _Settings(start, time_limit, mip_rel_gap, decision_only, log_path)
+        return _solve(enc, out, yi, num_classes, margins, dom, settings)
 
 
 def _label(y: int | torch.Tensor, num_classes: int) -> int:
@@ -473,28 +484,58 @@ def _margin_of(forward: Any, point: torch.Tensor, y: int) -> float:
     return float(logits[y] - others.max())
 
 
+@dataclass(frozen=True)
+class _Domain:
+    """The input box (flat float64), a tensor giving the model input's shape and dtype, the model."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    ref: torch.Tensor
+    forward: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    start: float
+    time_limit: float
+    mip_rel_gap: float
+    decision_only: bool
+    log_path: Path | None
+
+
+def _run_milp(c: np.ndarray, problem: dict[str, Any], budget: float, settings: _Settings, what: str) -> Any:
+    """One HiGHS solve with its output kept off stdout (to ``settings.log_path``, or discarded)."""
+    options = {
+        "time_limit": max(budget, 1e-3),
+        "mip_rel_gap": settings.mip_rel_gap,
+        "presolve": True,
+        "disp": settings.log_path is not None,
+    }
+    with solver_output(settings.log_path):
+        if settings.log_path is not None:
+            os.write(1, f"[robustcert.exact] {what}, time budget {budget:.3g} s\n".encode())
+        return milp(c, **problem, options=options)
+
+
 def _solve(
     enc: _Encoder,
     out: _Expr,
     y: int,
     num_classes: int,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    ref: torch.Tensor,
-    forward: Any,
-    start: float,
-    time_limit: float,
-    mip_rel_gap: float,
-    decision_only: bool,
+    margins: dict[int, Interval],
+    dom: _Domain,
+    settings: _Settings,
 ) -> ExactResult:
     A = enc.pad(out.A)
-    constraints = enc.constraints()
-    bounds = Bounds(np.asarray(enc.lb), np.asarray(enc.ub))
-    integrality = np.asarray(enc.integer)
+    problem = {
+        "integrality": np.asarray(enc.integer),
+        "bounds": Bounds(np.asarray(enc.lb), np.asarray(enc.ub)),
+        "constraints": enc.constraints(),
+    }
     diffs = {j: (A[y] - A[j], float(out.c[y] - out.c[j])) for j in range(num_classes) if j != y}
     lbs, ubs = {}, {}
     for j, (row, const) in diffs.items():
-        lj, uj = enc.tight_bounds(_Expr(row[None, :], np.array([const])))
+        lj, uj = enc.bounds(_Expr(row[None, :], np.array([const])), margins.get(j))
         lbs[j], ubs[j] = float(lj[0]), float(uj[0])
     scale = max(max(abs(v) for v in lbs.values()), max(abs(v) for v in ubs.values()))
     tol = _ROBUST_TOL_REL * (1.0 + scale)
@@ -510,22 +551,16 @@ def _solve(
     for i, j in enumerate(order):
         row, const = diffs[j]
         class_lower[j] = -math.inf
-        if decision_only and lbs[j] > tol:  # interval arithmetic alone proves this class
+        if settings.decision_only and lbs[j] > tol:  # the certified bounds alone prove this class
             class_lower[j] = lbs[j]
             statuses[j] = "interval bound"
             continue
-        remaining = time_limit - (time.monotonic() - start)
-        if remaining <= 0 or (decision_only and counterexample is not None):
+        remaining = settings.time_limit - (time.monotonic() - settings.start)
+        if remaining <= 0 or (settings.decision_only and counterexample is not None):
             statuses[j] = "not solved (time limit)" if remaining <= 0 else "not solved (counterexample found)"
             continue
-        budget = remaining / (len(order) - i)
-        res = milp(
-            row,
-            integrality=integrality,
-            bounds=bounds,
-            constraints=constraints,
-            options={"time_limit": max(budget, 1e-3), "mip_rel_gap": mip_rel_gap, "presolve": True},
-        )
+        what = f"class {j} vs label {y}: {enc.num_binaries} binaries"
+        res = _run_milp(row, problem, remaining / (len(order) - i), settings, what)
         statuses[j] = str(res.message)
         dual = getattr(res, "mip_dual_bound", None)
         if res.status == 2:  # infeasible: cannot happen for a non-empty box unless numerics failed
@@ -537,8 +572,8 @@ def _solve(
             class_lower[j] = max(float(res.fun) + const, lbs[j])
         if res.x is not None and res.fun is not None:
             class_upper[j] = float(res.fun) + const
-            point = _snap(np.asarray(res.x[: lo.size]), lo, hi, ref)
-            m = _margin_of(forward, point, y)
+            point = _snap(np.asarray(res.x[: dom.lo.size]), dom.lo, dom.hi, dom.ref)
+            m = _margin_of(dom.forward, point, y)
             if m < best_point_margin:
                 best_point, best_point_margin = point, m
             if m < 0 and counterexample is None:
@@ -547,7 +582,7 @@ def _solve(
     others = [j for j in range(num_classes) if j != y]
     lower = min(class_lower[j] for j in others)
     upper = min(class_upper[j] for j in others)
-    gap_tol = tol + mip_rel_gap * abs(upper) if math.isfinite(upper) else math.inf
+    gap_tol = tol + settings.mip_rel_gap * abs(upper) if math.isfinite(upper) else math.inf
     min_margin = lower if math.isfinite(lower) and math.isfinite(upper) and upper - lower <= gap_tol else None
     if counterexample is not None:
         status = "counterexample"
@@ -566,7 +601,7 @@ def _solve(
         argmin=best_point,
         argmin_margin=best_point_margin if best_point is not None else None,
         tolerance=tol,
-        seconds=time.monotonic() - start,
+        seconds=time.monotonic() - settings.start,
         num_binaries=enc.num_binaries,
         solver_status=statuses,
     )
@@ -579,14 +614,18 @@ def exact_margins(
     eps: float,
     time_limit: float = 60.0,
     mip_rel_gap: float = 1e-6,
+    log_path: Path | None = None,
 ) -> list[ExactResult]:
-    """:func:`exact_margin` for each example of a batch ``x`` ([B, ...]); ``time_limit`` is per example."""
+    """:func:`exact_margin` for each example of a batch ``x`` ([B, ...]); ``time_limit`` is per example;
+    solver output goes to ``log_path`` (appended) or nowhere, never to stdout."""
     y = torch.as_tensor(y).reshape(-1)
     if y.shape[0] != x.shape[0]:
         raise RobustCertError(
             f"x has {x.shape[0]} examples but y has {y.shape[0]} labels; pass one label per example"
         )
     return [
-        exact_margin(model, x[i : i + 1], y[i], eps, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
+        exact_margin(
+            model, x[i : i + 1], y[i], eps, time_limit=time_limit, mip_rel_gap=mip_rel_gap, log_path=log_path
+        )
         for i in range(x.shape[0])
     ]

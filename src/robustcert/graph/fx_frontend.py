@@ -14,7 +14,7 @@ import functools
 import math
 import operator
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -26,7 +26,9 @@ from robustcert.errors import RobustCertError
 from robustcert.graph._builder import Builder as _Builder
 from robustcert.graph.ir import Graph, GraphNet
 from robustcert.graph.ops import supported_ops_text
+from robustcert.models.modes import eval_mode
 from robustcert.models.normalize import Normalize
+from robustcert.seeding import torch_generator
 
 _EXAMPLE_BATCH = 2
 
@@ -121,20 +123,15 @@ def graph_from_module(model: nn.Module, input_shape: Sequence[int], *, live: boo
     if not shape or min(shape) <= 0:
         raise RobustCertError(f"input_shape must be a tuple of positive sizes, got {tuple(input_shape)}")
     check_batchnorm_eval(model)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         return _trace(model, shape, live)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _example_input(model: nn.Module, shape: tuple[int, ...]) -> Tensor:
     ref = next((t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None)
     dtype = ref.dtype if ref is not None else torch.float32
     device = ref.device if ref is not None else torch.device("cpu")
-    gen = torch.Generator().manual_seed(0)
+    gen = torch_generator(0)
     return torch.rand((_EXAMPLE_BATCH,) + shape, generator=gen).to(dtype=dtype, device=device)
 
 
@@ -271,7 +268,9 @@ def _convert(
             w = args[1] if len(args) > 1 else kwargs.get("weight")
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             _only_first_dynamic(n, dyn_inputs, first, kind)
-            return b.add(n.name, "linear", [dyn[first]], weight=b.tensor(w), bias=b.tensor(bias))
+            return b.add(
+                n.name, "linear", [_alias(n, first, dyn, kind)], weight=b.tensor(w), bias=b.tensor(bias)
+            )
         if fn is F.conv2d:
             _only_first_dynamic(n, dyn_inputs, first, kind)
             names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
@@ -283,7 +282,7 @@ def _convert(
             return _conv_node(
                 b,
                 n.name,
-                dyn[first],
+                _alias(n, first, dyn, kind),
                 w,
                 a.get("bias"),
                 a.get("stride", 1),
@@ -306,7 +305,7 @@ def _convert(
             return _avgpool_node(
                 b,
                 n.name,
-                dyn[first],
+                _alias(n, first, dyn, kind),
                 a["kernel_size"],
                 a.get("stride"),
                 a.get("padding", 0),
@@ -325,7 +324,7 @@ def _convert(
             return _bn_node(
                 b,
                 n.name,
-                dyn[first],
+                _alias(n, first, dyn, kind),
                 a["running_mean"],
                 a["running_var"],
                 a.get("weight"),
@@ -404,21 +403,24 @@ def _arith(
     alpha = kwargs.get("alpha", 1)
     if opname == "div" and kwargs.get("rounding_mode") is not None:
         raise _unsupported(n, kind, "rounding division is not affine")
-    a_dyn = isinstance(a_raw, fx.Node) and a_raw in dyn
-    c_dyn = isinstance(c_raw, fx.Node) and c_raw in dyn
-    a_val = val[a_raw] if isinstance(a_raw, fx.Node) else a_raw
-    c_val = val[c_raw] if isinstance(c_raw, fx.Node) else c_raw
-    if a_dyn and c_dyn:
+    a_node = a_raw if isinstance(a_raw, fx.Node) and a_raw in dyn else None
+    c_node = c_raw if isinstance(c_raw, fx.Node) and c_raw in dyn else None
+    a_dyn = a_node is not None
+    a_val: Any = val[a_raw] if isinstance(a_raw, fx.Node) else a_raw
+    c_val: Any = val[c_raw] if isinstance(c_raw, fx.Node) else c_raw
+    if a_node is not None and c_node is not None:
         if opname not in {"add", "sub"}:
             raise _unsupported(n, kind, "product or quotient of two input-dependent tensors is not affine")
         if a_val.shape != c_val.shape or alpha != 1:
             raise _unsupported(n, kind, "both operands must have the same shape (and alpha=1)")
-        rhs = dyn[c_raw]
+        rhs = dyn[c_node]
         if opname == "sub":
             shape = tuple(c_val.shape[1:])
             rhs = b.add(f"{n.name}_neg", "mul_const", [rhs], value=b.const_value(-1.0, shape, n.name))
-        return b.add(n.name, "add", [dyn[a_raw], rhs])
-    src, const = (a_raw, c_val) if a_dyn else (c_raw, a_val)
+        return b.add(n.name, "add", [dyn[a_node], rhs])
+    src, const = (a_node, c_val) if a_node is not None else (c_node, a_val)
+    if src is None:
+        raise _unsupported(n, kind, "no operand depends on the input")
     src_val = val[src]
     if tuple(out.shape) != tuple(src_val.shape):
         raise _unsupported(
@@ -529,6 +531,7 @@ def _convert_module(
     src = n.args[0] if n.args else None
     _only_first_dynamic(n, dyn_inputs, src, kind)
     x = _alias(n, src, dyn, kind)
+    assert isinstance(src, fx.Node)  # _alias checked it
     if isinstance(mod, nn.Linear):
         return b.add(n.name, "linear", [x], weight=b.tensor(mod.weight), bias=b.tensor(mod.bias))
     if isinstance(mod, nn.Conv2d) and type(mod) is nn.Conv2d:
@@ -562,9 +565,8 @@ def _convert_module(
             return _avgpool_node(b, n.name, x, k, k, 0, False, True, None)
         raise _unsupported(n, kind, f"output size {(oh, ow)} does not divide the input size {(h, w)}")
     if isinstance(mod, Normalize):
-        return b.add(
-            n.name, "normalize", [x], mean=b.tensor(mod.mean.flatten()), std=b.tensor(mod.std.flatten())
-        )
+        mean, std = cast(Tensor, mod.mean), cast(Tensor, mod.std)
+        return b.add(n.name, "normalize", [x], mean=b.tensor(mean.flatten()), std=b.tensor(std.flatten()))
     if isinstance(mod, _DROPOUT):
         return x
     if isinstance(mod, GraphNet):

@@ -10,7 +10,7 @@ on an example input so reshapes get their per-example target shape.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from robustcert.errors import RobustCertError
 from robustcert.graph._builder import Builder
 from robustcert.graph.ir import Graph, GraphNet
 from robustcert.graph.ops import OPS, supported_ops_text
+from robustcert.seeding import torch_generator
 
 
 def load_onnx(path: str | os.PathLike[str] | onnx.ModelProto) -> GraphNet:
@@ -87,6 +88,22 @@ def _int_list(v: Tensor | Sequence[int]) -> list[int]:
     return [int(i) for i in v]
 
 
+def _arg(node: onnx.NodeProto, ins: Sequence[Tensor | None], i: int) -> Tensor:
+    """Input ``i`` of a node, which must be given."""
+    t = ins[i] if i < len(ins) else None
+    if t is None:
+        raise _unsupported(node, f"input {i} is missing")
+    return t
+
+
+_BINARY: dict[str, Callable[..., Tensor]] = {
+    "Add": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "Div": torch.div,
+}
+
+
 def _fold(node: onnx.NodeProto, ins: list[Tensor | None], at: dict[str, Any]) -> list[Tensor]:
     """Evaluate a node whose inputs are all constants."""
     op = node.op_type
@@ -95,7 +112,9 @@ def _fold(node: onnx.NodeProto, ins: list[Tensor | None], at: dict[str, Any]) ->
             if key in at:
                 return [_to_tensor(at[key])]
         raise _unsupported(node, "Constant without a numeric value")
-    x = ins[0] if ins else None
+    if op == "Concat":
+        return [torch.cat([t.reshape(t.shape or (1,)) for t in ins if t is not None], dim=int(at["axis"]))]
+    x = _arg(node, ins, 0)
     if op in {"Identity", "Dropout"}:
         return [x]
     if op == "Cast":
@@ -105,7 +124,7 @@ def _fold(node: onnx.NodeProto, ins: list[Tensor | None], at: dict[str, Any]) ->
         return [torch.tensor(list(x.shape), dtype=torch.int64)]
     if op == "Gather":
         axis = int(at.get("axis", 0))
-        idx = ins[1]
+        idx = _arg(node, ins, 1)
         axis = axis % x.ndim
         out = torch.index_select(x, axis, (idx.flatten() % x.shape[axis]).long())
         return [out.reshape(x.shape[:axis] + idx.shape + x.shape[axis + 1 :])]
@@ -121,15 +140,15 @@ def _fold(node: onnx.NodeProto, ins: list[Tensor | None], at: dict[str, Any]) ->
         for a in sorted((a % x.ndim for a in axes), reverse=True):
             x = x.squeeze(a)
         return [x]
-    if op == "Concat":
-        return [torch.cat([t.reshape(t.shape or (1,)) for t in ins if t is not None], dim=int(at["axis"]))]
     if op == "Reshape":
-        return [x.reshape(_reshape_target(x.shape, _int_list(ins[1]), bool(at.get("allowzero", 0))))]
-    if op in {"Add", "Sub", "Mul", "Div"}:
-        a, b = ins[0], ins[1]
+        return [
+            x.reshape(_reshape_target(x.shape, _int_list(_arg(node, ins, 1)), bool(at.get("allowzero", 0))))
+        ]
+    if op in _BINARY:
+        a, b = x, _arg(node, ins, 1)
         if op == "Div" and not (a.is_floating_point() or b.is_floating_point()):
             return [torch.div(a, b, rounding_mode="trunc")]
-        return [{"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op](a, b)]
+        return [_BINARY[op](a, b)]
     if op == "Neg":
         return [-x]
     if op == "Sqrt":
@@ -143,7 +162,7 @@ def _fold(node: onnx.NodeProto, ins: list[Tensor | None], at: dict[str, Any]) ->
         value = _to_tensor(at.get("value", np.zeros(1, dtype=np.float32))).flatten()[0]
         return [torch.full(_int_list(x), value.item(), dtype=value.dtype)]
     if op == "Slice":
-        starts, ends = _int_list(ins[1]), _int_list(ins[2])
+        starts, ends = _int_list(_arg(node, ins, 1)), _int_list(_arg(node, ins, 2))
         axes = _int_list(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
         steps = _int_list(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
         index: list[Any] = [slice(None)] * x.ndim
@@ -208,7 +227,7 @@ def graph_from_onnx(
     else:
         shape = tuple(int(s) for s in input_shape)
     ex_batch = int(batch) if batch > 0 else 2
-    example = torch.rand((ex_batch,) + shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    example = torch.rand((ex_batch,) + shape, generator=torch_generator(0), dtype=torch.float64)
     b = Builder(proto, live=False)
     dyn: dict[str, str] = {inputs[0].name: b.add(_safe(inputs[0].name), "input", ())}
     ex: dict[str, Tensor] = {dyn[inputs[0].name]: example}  # example value of every IR node
@@ -270,6 +289,12 @@ def _convert(
             raise _unsupported(node, f"input {i} ({names[i]!r}) must be a constant")
         return consts[names[i]]
 
+    def need(i: int) -> Tensor:
+        t = const(i)
+        if t is None:
+            raise _unsupported(node, f"input {i} is missing")
+        return t
+
     def first_dyn() -> str:
         if names[0] not in dyn:
             raise _unsupported(node, "its first input must be the input-dependent tensor")
@@ -288,11 +313,11 @@ def _convert(
         x = first_dyn()
         if int(at.get("transA", 0)):
             raise _unsupported(node, "transA=1")
-        w = const(1)
+        w = need(1)
         w = w if int(at.get("transB", 0)) else w.T
         w = w * float(at.get("alpha", 1.0))
         c = const(2)
-        bias = None
+        bias: Tensor | None = None
         if c is not None:
             bias = (torch.broadcast_to(c, (w.shape[0],)) if c.ndim <= 1 else c.reshape(-1)) * float(
                 at.get("beta", 1.0)
@@ -302,10 +327,10 @@ def _convert(
         return b.add(label, "linear", [x], weight=b.tensor(w.contiguous()), bias=b.tensor(bias))
     if op == "MatMul":
         x = first_dyn()
-        w = const(1)
-        if w is None or w.ndim != 2:
+        mat = const(1)
+        if mat is None or mat.ndim != 2:
             raise _unsupported(node, "the second operand must be a constant matrix")
-        return b.add(label, "linear", [x], weight=b.tensor(w.T.contiguous()), bias=None)
+        return b.add(label, "linear", [x], weight=b.tensor(mat.T.contiguous()), bias=None)
     if op in {"Add", "Sub", "Mul", "Div"}:
         return _arith(b, node, label, op, names, dyn, val, consts)
     if op == "Neg":
@@ -313,20 +338,20 @@ def _convert(
         return b.add(label, "mul_const", [first_dyn()], value=b.const_value(-1.0, shape, label))
     if op == "Conv":
         x = first_dyn()
-        w = const(1)
-        if w is None or w.ndim != 4:
+        kernel_w = const(1)
+        if kernel_w is None or kernel_w.ndim != 4:
             raise _unsupported(node, "only 2-D convolutions are supported")
         dil = list(at.get("dilations", [1, 1]))
-        pads = _auto_pad(node, at, list(w.shape[2:]), dil)
-        pads = pads if pads is not None else list(at.get("pads", [0, 0, 0, 0]))
+        auto_pads = _auto_pad(node, at, list(kernel_w.shape[2:]), dil)
+        conv_pads = auto_pads if auto_pads is not None else list(at.get("pads", [0, 0, 0, 0]))
         return b.add(
             label,
             "conv2d",
             [x],
-            weight=b.tensor(w),
+            weight=b.tensor(kernel_w),
             bias=b.tensor(const(2)),
             stride=tuple(int(s) for s in at.get("strides", [1, 1])),
-            padding=_symmetric_pads(node, pads),
+            padding=_symmetric_pads(node, conv_pads),
             dilation=(int(dil[0]), int(dil[1])),
             groups=int(at.get("group", 1)),
         )
@@ -346,6 +371,9 @@ def _convert(
         )
     if op in {"AveragePool", "GlobalAveragePool"}:
         x = first_dyn()
+        kernel: tuple[int, ...]
+        strides: tuple[int, ...]
+        pads: tuple[int, int]
         if op == "GlobalAveragePool":
             kernel = tuple(int(s) for s in val[names[0]].shape[2:])
             if len(kernel) != 2:
@@ -381,7 +409,7 @@ def _convert(
         elif op == "Reshape":
             after_shape = list(
                 before.reshape(
-                    _reshape_target(before.shape, _int_list(const(1)), bool(at.get("allowzero", 0)))
+                    _reshape_target(before.shape, _int_list(need(1)), bool(at.get("allowzero", 0)))
                 ).shape
             )
         else:

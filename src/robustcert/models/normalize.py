@@ -15,6 +15,9 @@ from torch import nn
 class Normalize(nn.Module):
     """Channel-wise affine normalisation ``(x - mean) / std`` for NCHW (or N×C) inputs."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_t = torch.as_tensor(list(mean), dtype=torch.float32)

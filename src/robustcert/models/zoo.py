@@ -7,6 +7,8 @@ ReLU, Flatten), so each zoo model can be certified by IBP, CROWN, alpha-CROWN an
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 
 from torch import nn
@@ -102,13 +104,17 @@ def build_model(
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3 or min(shape) <= 0:
         raise RobustCertError(f"input_shape must be C,H,W with positive sizes, got {tuple(input_shape)}")
-    if num_classes < 2:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise RobustCertError(f"num_classes must be >= 2, got {num_classes}")
     channels = shape[0]
     mean = list(mean) if mean is not None else [0.0] * channels
     std = list(std) if std is not None else [1.0] * channels
     if len(mean) != channels or len(std) != channels:
         raise RobustCertError(f"normalize mean/std need {channels} values (one per channel)")
+    if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
+        raise RobustCertError(
+            f"normalize mean must be finite and std finite and > 0, got mean={mean}, std={std}"
+        )
     if arch.startswith("cnn") and min(shape[1:]) < 4:
         raise RobustCertError(f"{arch} needs inputs of at least 4x4 pixels, got {shape[1]}x{shape[2]}")
     layers = ARCHITECTURES[arch]((shape[0], shape[1], shape[2]), num_classes)

@@ -1,4 +1,4 @@
-"""Aggregates rows into summary.json, curves and tables (reads rows only)."""
+"""Aggregates rows into summary.json, curves, tables and the report card (reads rows only)."""
 
 from robustcert.report.plots import write_curve
 from robustcert.report.summary import summarize, write_summary

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,31 +32,23 @@ from scipy.stats import norm
 from torch import nn
 
 from robustcert.errors import RobustCertError
-from robustcert.smoothing.stats import binomial_test_two_sided, clopper_pearson_lower
+from robustcert.models.modes import eval_mode
+from robustcert.seeding import check_seed, derived_seed, torch_generator
+from robustcert.smoothing.stats import binomial_test_two_sided, check_level, clopper_pearson_lower
 
 ABSTAIN = -1
 
-# Independent random streams derived from one seed. The domain word keeps these streams apart from the
-# per-example seeds of :func:`robustcert.seeding.example_seed`.
+# Independent random streams derived from one seed (robustcert.seeding). The domain word keeps these
+# streams apart from the per-example seeds of :func:`robustcert.seeding.example_seed`.
 _DOMAIN = 0x736D6F6F  # "smoo"
 _STREAM_SELECTION = 0
 _STREAM_ESTIMATION = 1
 _STREAM_PREDICT = 2
-
-
-def _as_nonneg_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
-        raise RobustCertError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _hash_seed(entropy: int, spawn_key: tuple[int, ...]) -> int:
-    state = np.random.SeedSequence(entropy, spawn_key=spawn_key).generate_state(1, dtype=np.uint64)
-    return int(state[0]) >> 1  # 63 bits: a valid seed for torch and numpy alike
+_STREAM_SAMPLES = 3
 
 
 def _stream_seed(seed: int, stream: int) -> int:
-    return _hash_seed(seed, (_DOMAIN, stream))
+    return derived_seed(_DOMAIN, stream, seed)
 
 
 @dataclass(frozen=True)
@@ -115,19 +105,6 @@ def _input_hint(model: nn.Module) -> str | None:
     return None
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode and run under inference mode; restore each module's mode after."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
 class SmoothedClassifier:
     """Gaussian randomized smoothing of a base classifier (Cohen, Rosenfeld & Kolter, 2019).
 
@@ -170,11 +147,11 @@ class SmoothedClassifier:
         n0 = self._positive_int(n0, "n0", "e.g. 100")
         n = self._positive_int(n, "n", "e.g. 100000")
         batch_size = self._positive_int(batch_size, "batch_size", "e.g. 1000")
-        alpha = self._level(alpha)
-        seed = _as_nonneg_int(seed, "seed")
+        alpha = check_level(alpha)
+        seed = check_seed(seed)
         x = self._check_input(x)
 
-        with _eval_mode(self.base_model):
+        with eval_mode(self.base_model), torch.inference_mode():
             counts0 = self._counts(x, n0, batch_size, _stream_seed(seed, _STREAM_SELECTION))
             counts = self._counts(x, n, batch_size, _stream_seed(seed, _STREAM_ESTIMATION))
         selection = tuple(int(c) for c in counts0.tolist())
@@ -217,10 +194,10 @@ class SmoothedClassifier:
         """
         n = self._positive_int(n, "n", "e.g. 1000")
         batch_size = self._positive_int(batch_size, "batch_size", "e.g. 1000")
-        alpha = self._level(alpha)
-        seed = _as_nonneg_int(seed, "seed")
+        alpha = check_level(alpha)
+        seed = check_seed(seed)
         x = self._check_input(x)
-        with _eval_mode(self.base_model):
+        with eval_mode(self.base_model), torch.inference_mode():
             counts = self._counts(x, n, batch_size, _stream_seed(seed, _STREAM_PREDICT)).tolist()
         order = sorted(range(self.num_classes), key=lambda c: (-counts[c], c))
         top, runner_up = order[0], order[1]
@@ -236,10 +213,10 @@ class SmoothedClassifier:
         """
         n = self._positive_int(n, "n", "e.g. 1000")
         batch_size = self._positive_int(batch_size, "batch_size", "e.g. 1000")
-        seed = _as_nonneg_int(seed, "seed")
+        seed = check_seed(seed)
         x = self._check_input(x)
-        with _eval_mode(self.base_model):
-            counts = self._counts(x, n, batch_size, _hash_seed(seed, (_DOMAIN, 3)))
+        with eval_mode(self.base_model), torch.inference_mode():
+            counts = self._counts(x, n, batch_size, _stream_seed(seed, _STREAM_SAMPLES))
         return [int(c) for c in counts.tolist()]
 
     # ------------------------------------------------------------------ internals
@@ -249,15 +226,6 @@ class SmoothedClassifier:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
             raise RobustCertError(f"{name} must be a positive integer ({example}), got {value!r}")
         return int(value)
-
-    @staticmethod
-    def _level(alpha: object) -> float:
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-            raise RobustCertError(f"alpha must be a number in (0, 1) (e.g. 0.001), got {alpha!r}")
-        a = float(alpha)
-        if not (math.isfinite(a) and 0.0 < a < 1.0):
-            raise RobustCertError(f"alpha must be in (0, 1) (e.g. 0.001), got {alpha!r}")
-        return a
 
     def _model_place(self, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:
         for tensor in (*self.base_model.parameters(), *self.base_model.buffers()):
@@ -316,8 +284,7 @@ class SmoothedClassifier:
 
     def _counts(self, x: torch.Tensor, num: int, batch_size: int, stream_seed: int) -> torch.Tensor:
         """Per-class votes of the base model on ``num`` noisy copies of x, drawn batch by batch."""
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(stream_seed)
+        generator = torch_generator(stream_seed, x.device)
         size = min(batch_size, num)
         buffer = torch.empty((size, *x.shape), dtype=x.dtype, device=x.device)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)

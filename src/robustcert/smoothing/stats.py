@@ -31,7 +31,8 @@ def _check_kn(k: object, n: object) -> tuple[int, int]:
     return k_i, n_i
 
 
-def _check_level(alpha: object) -> float:
+def check_level(alpha: object) -> float:
+    """``alpha`` as a float when it is a number in (0, 1); else RobustCertError."""
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise RobustCertError(f"alpha must be a number in (0, 1), got {alpha!r}")
     a = float(alpha)
@@ -56,7 +57,7 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     P_p[L(k) ≤ p] ≥ 1 − alpha for every p: the alpha quantile of Beta(k, n − k + 1), and 0 when k = 0.
     """
     k_i, n_i = _check_kn(k, n)
-    a = _check_level(alpha)
+    a = check_level(alpha)
     if k_i == 0:
         return 0.0
     return float(_st.beta.ppf(a, k_i, n_i - k_i + 1))
@@ -68,7 +69,7 @@ def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
     The (1 − alpha) quantile of Beta(k + 1, n − k), and 1 when k = n.
     """
     k_i, n_i = _check_kn(k, n)
-    a = _check_level(alpha)
+    a = check_level(alpha)
     if k_i == n_i:
         return 1.0
     return float(_st.beta.ppf(1.0 - a, k_i + 1, n_i - k_i))
@@ -80,7 +81,7 @@ def clopper_pearson_interval(k: int, n: int, alpha: float) -> tuple[float, float
     P_p[lower ≤ p ≤ upper] ≥ 1 − alpha for every p. (For certification use the one-sided
     :func:`clopper_pearson_lower` at level alpha; this interval is alpha/2-conservative on each side.)
     """
-    a = _check_level(alpha)
+    a = check_level(alpha)
     return clopper_pearson_lower(k, n, a / 2.0), clopper_pearson_upper(k, n, a / 2.0)
 
 

@@ -3,12 +3,15 @@
 Guarantees: the run is a function of (seed, data, arguments) — shuffling and noise come from generators
 seeded by (seed, epoch), so a run resumed from its last epoch checkpoint continues exactly as an
 uninterrupted one. A checkpoint (``model.pt``, ``model.json``, ``train_state.pt``) is written after
-every epoch, atomically.
+every epoch, each file atomically. ``train_state.pt`` holds only tensors and plain data (the optimizer,
+scheduler and global torch RNG states) and is read back with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +22,8 @@ from torch import nn
 
 from robustcert.data.base import Dataset
 from robustcert.errors import RobustCertError
-from robustcert.models.checkpoint import save_model
+from robustcert.models.checkpoint import load_weights_file, save_model
+from robustcert.models.modes import eval_mode
 from robustcert.models.zoo import build_model
 from robustcert.progress import progress
 from robustcert.seeding import derived_seed
@@ -31,14 +35,55 @@ Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor, LossContext], torch.Tens
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Dataset, batch_size: int = 1000) -> float:
     """Clean accuracy of ``model`` (in eval mode; its mode is restored) on ``data``."""
-    was_training = model.training
-    model.eval()
     correct = 0
-    for start in range(0, len(data), batch_size):
-        logits = model(data.x[start : start + batch_size])
-        correct += int((logits.argmax(1) == data.y[start : start + batch_size]).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(data), batch_size):
+            logits = model(data.x[start : start + batch_size])
+            correct += int((logits.argmax(1) == data.y[start : start + batch_size]).sum())
     return correct / max(len(data), 1)
+
+
+_STATE_FIX = "delete train_state.pt to train from scratch, or choose another --out"
+_STATE_KEYS = ("config", "epoch", "history", "model", "optimizer", "scheduler")
+
+
+def _check_int(value: Any, flag: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise RobustCertError(f"{flag} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_float(value: Any, flag: str, positive: bool) -> float:
+    relation = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RobustCertError(f"{flag} must be a finite number {relation}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise RobustCertError(f"{flag} must be a finite number {relation}, got {value!r}")
+    return number
+
+
+def _load_train_state(path: Path) -> dict[str, Any]:
+    """``train_state.pt`` loaded with weights_only=True and checked for the keys and types resume uses."""
+    state = load_weights_file(path, _STATE_FIX)
+    if not isinstance(state, dict) or any(key not in state for key in _STATE_KEYS):
+        raise RobustCertError(f"{path} is not a robustcert training checkpoint; {_STATE_FIX}")
+    if not (
+        isinstance(state["config"], dict)
+        and _is_plain_int(state["epoch"])
+        and state["epoch"] >= 0
+        and isinstance(state["history"], list)
+        and isinstance(state["model"], dict)
+        and isinstance(state["optimizer"], dict)
+        and isinstance(state["scheduler"], dict)
+        and isinstance(state.get("torch_rng", torch.empty(0, dtype=torch.uint8)), torch.Tensor)
+    ):
+        raise RobustCertError(f"{path} holds a damaged training checkpoint; {_STATE_FIX}")
+    return state
+
+
+def _is_plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def train_model(
@@ -61,14 +106,31 @@ def train_model(
     """Train ``arch`` on ``train_data`` with ``loss`` (Adam, cosine learning rate), checkpointing each epoch.
 
     With ``resume`` and a ``train_state.pt`` in ``out_dir`` whose arguments match, training continues after
-    the last finished epoch. Returns the model (eval mode) and its metadata (also in ``model.json``).
+    the last finished epoch, bit for bit as an uninterrupted run (the global torch RNG state is part of the
+    checkpoint, for losses that draw from it). ``train_state.pt`` is loaded with ``weights_only=True``:
+    a tampered run directory cannot run code. Returns the model (eval mode) and its metadata (also in
+    ``model.json``).
+
+    Raises RobustCertError, before anything is written, for: epochs, batch_size not integers >= 1; lr not
+    finite > 0; weight_decay not finite >= 0; an unknown arch (listing the choices); empty training data;
+    test data whose input shape or class count differs from the training data's.
     """
-    if epochs <= 0:
-        raise RobustCertError(f"epochs must be >= 1, got {epochs}")
-    if batch_size <= 0:
-        raise RobustCertError(f"batch size must be >= 1, got {batch_size}")
-    if not lr > 0:
-        raise RobustCertError(f"learning rate must be > 0, got {lr}")
+    epochs = _check_int(epochs, "--epochs", 1)
+    batch_size = _check_int(batch_size, "--batch-size", 1)
+    lr = _check_float(lr, "--lr", positive=True)
+    weight_decay = _check_float(weight_decay, "weight_decay", positive=False)
+    if len(train_data) == 0:
+        raise RobustCertError(
+            f"training data {train_data.name}/{train_data.split} is empty; pass a data set with examples"
+        )
+    if test_data is not None and (
+        test_data.input_shape != train_data.input_shape or test_data.num_classes != train_data.num_classes
+    ):
+        raise RobustCertError(
+            f"test data {test_data.name}/{test_data.split} ({list(test_data.input_shape)}, {test_data.num_classes} "
+            f"classes) does not match the training data ({list(train_data.input_shape)}, "
+            f"{train_data.num_classes} classes); use the splits of one data set"
+        )
     out = Path(out_dir)
     torch.manual_seed(derived_seed(seed, 0xA11CE))  # weight initialisation
     model = build_model(arch, train_data.input_shape, train_data.num_classes, train_data.mean, train_data.std)
@@ -90,14 +152,26 @@ def train_model(
     history: list[dict[str, float]] = []
     state_path = out / "train_state.pt"
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = _load_train_state(state_path)
         if state["config"] != config:
             raise RobustCertError(
                 f"cannot resume {out}: it was trained with different arguments {json.dumps(state['config'])}; use another --out"
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if state["epoch"] > epochs:
+            raise RobustCertError(
+                f"{state_path} claims {state['epoch']} of {epochs} epochs done; {_STATE_FIX}"
+            )
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if "torch_rng" in state:  # absent in checkpoints of robustcert <= 0.1.0
+                torch.set_rng_state(state["torch_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise RobustCertError(
+                f"cannot resume from {state_path}: its model or optimizer state does not fit ({type(exc).__name__}); "
+                f"{_STATE_FIX}"
+            ) from exc
         start_epoch, history = state["epoch"], state["history"]
     elif not resume and state_path.exists():
         raise RobustCertError(
@@ -161,6 +235,7 @@ def train_model(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
                 },
                 tmp,
             )

@@ -1,0 +1,139 @@
+"""Certificate rows: the one unit every method produces, the run engine stores and the report aggregates.
+
+One dataclass per family, with exactly the fields of the ``results.jsonl`` contract (docs/design.md).
+Rows are written with :meth:`Row.to_json` and read back with :meth:`Row.from_json`, which checks every
+field's presence and type and refuses unknown fields, so a row that was hand-edited, truncated or written
+by another version is an error that names the field, never a silently wrong number in a report.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, ClassVar, Self
+
+from robustcert.errors import RobustCertError
+
+
+@dataclass(kw_only=True, slots=True)
+class Row:
+    """Fields common to every method: the example, its clean prediction and whether it is certified.
+
+    ``prediction`` is −1 when the method abstains (smoothing). ``seconds`` is the wall time spent on the
+    example (amortised over a batch), filled in by the run engine.
+    """
+
+    family: ClassVar[str] = ""
+
+    index: int
+    label: int
+    method: str
+    prediction: int
+    correct: bool
+    certified: bool
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as a JSON object (the ``results.jsonl`` line)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "row") -> Self:
+        """Validate ``data`` against this row type; RobustCertError names ``where`` and the bad field."""
+        if not isinstance(data, Mapping):
+            raise RobustCertError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise RobustCertError(f"{where}: unknown field(s) {unknown} for a {cls.family or 'base'} row")
+        values: dict[str, Any] = {}
+        for name, f in known.items():
+            if name not in data:
+                if f.default is not MISSING or f.default_factory is not MISSING:
+                    continue
+                raise RobustCertError(f"{where}: missing field {name!r}")
+            values[name] = _check_value(data[name], hints[name], f"{where}: field {name!r}")
+        return cls(**values)
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it has type ``hint`` (int, float, bool, str, or an optional of one of them)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise RobustCertError(f"{where} is null")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            value = float(value)
+            if math.isnan(value):
+                raise RobustCertError(f"{where} is NaN")
+            return value
+        if option is str and isinstance(value, str):
+            return value
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise RobustCertError(f"{where} should be {names}, got {value!r}")
+
+
+@dataclass(kw_only=True, slots=True)
+class SmoothingRow(Row):
+    """A randomized-smoothing certificate (Cohen et al.): with probability ≥ 1 − alpha over the sampling,
+    the smoothed classifier predicts ``prediction`` everywhere in the L2 ball of radius ``radius``."""
+
+    family: ClassVar[str] = "smoothing"
+
+    radius: float
+    sigma: float
+    n0: int
+    n: int
+    count: int
+    pA_lower: float
+    alpha: float
+    base_correct: bool
+
+
+@dataclass(kw_only=True, slots=True)
+class BoundRow(Row):
+    """A deterministic certificate at one budget: ``margin_lower`` ≤ min over j ≠ y of f_y − f_j on the
+    whole ball (None when the method could not bound it, e.g. a time-out)."""
+
+    family: ClassVar[str] = "bound"
+
+    norm: str
+    eps: float
+    margin_lower: float | None
+
+
+@dataclass(kw_only=True, slots=True)
+class ExactRow(BoundRow):
+    """A complete verifier's verdict at one budget: ``status`` is robust, counterexample or unknown."""
+
+    family: ClassVar[str] = "exact"
+
+    status: str
+
+
+@dataclass(kw_only=True, slots=True)
+class AttackRow(Row):
+    """An attack at one budget (never a certificate): ``attack_success`` when the example is
+    misclassified or the attack found a misclassified point in the ball; ``adv_margin`` its margin."""
+
+    family: ClassVar[str] = "attack"
+
+    norm: str
+    eps: float
+    attack_success: bool
+    adv_margin: float
+
+
+ROW_TYPES: dict[str, type[Row]] = {
+    cls.family: cls for cls in (SmoothingRow, BoundRow, ExactRow, AttackRow)
+}
