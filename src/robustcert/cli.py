@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import types
 import typing
@@ -32,7 +31,13 @@ class UsageError(RobustCertError):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line with a pointer to ``--help``, never a usage dump."""
+    """An ArgumentParser whose errors are one line with a pointer to ``--help``, never a usage dump, and
+    which accepts no abbreviated options (``--mod`` is not ``--model``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message}; see `{self.prog} --help`")
@@ -102,7 +107,7 @@ def _run_options(parser: argparse.ArgumentParser, out: str) -> None:
 
 
 def _run_dir_options(parser: argparse.ArgumentParser, out: str) -> None:
-    parser.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default {out})")
+    parser.add_argument("--out", type=Path, default=Path(out), help="output directory")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished examples")
     mode.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
@@ -116,8 +121,11 @@ def _metavar(hint: Any) -> str:
     return {int: "N", float: "X", str: "TEXT", bool: "BOOL"}.get(kind, "VALUE")
 
 
-def _method_options(parser: argparse.ArgumentParser, params_cls: type) -> None:
-    """One option per parameter field; only the options given are passed on (defaults live in the class)."""
+def _method_options(
+    parser: argparse.ArgumentParser, params_cls: type, norms: Sequence[str] | None = None
+) -> None:
+    """One option per parameter field; only the options given are passed on (defaults live in the class).
+    ``norms``: the threat models the method supports, shown for ``--norm`` instead of every norm."""
     from robustcert.methods.base import cli_option, param_fields
 
     hints = typing.get_type_hints(params_cls)
@@ -127,9 +135,13 @@ def _method_options(parser: argparse.ArgumentParser, params_cls: type) -> None:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         )
         shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else default
-        help_text = f"{meta.get('help', '')} (default: {shown})"
+        help_text = meta.get("help", "")
+        if "default" not in help_text:  # some helps say what the default means themselves
+            help_text = f"{help_text} (default: {shown})"
         kwargs: dict[str, Any] = {"dest": f"param_{f.name}", "default": argparse.SUPPRESS, "help": help_text}
-        if meta.get("choices"):
+        if f.name == "norm" and norms:
+            kwargs["metavar"] = "|".join(norms)
+        elif meta.get("choices"):
             kwargs["metavar"] = "|".join(meta["choices"])
         else:
             kwargs["metavar"] = _metavar(hints[f.name])
@@ -155,10 +167,10 @@ def build_parser() -> Parser:
     train.add_argument("--eps", type=_float, default=0.1, help="pgd / ibp / crown-ibp: training budget")
     train.add_argument("--norm", default="linf", help="pgd: linf | l2 (ibp and crown-ibp train linf)")
     train.add_argument("--pgd-steps", type=int, default=10, help="pgd: attack steps per batch")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=_float, default=1e-3)
-    train.add_argument("--seed", type=_nonneg_int, default=0)
+    train.add_argument("--epochs", type=int, default=30, help="passes over the training split")
+    train.add_argument("--batch-size", type=int, default=64, help="examples per optimisation step")
+    train.add_argument("--lr", type=_float, default=1e-3, help="Adam's learning rate (cosine schedule)")
+    train.add_argument("--seed", type=_nonneg_int, default=0, help="seed of initialisation, order and noise")
     train.add_argument("--data-dir", type=Path, help="directory of the data set's files (fashion-mnist)")
     _run_dir_options(train, "runs/model")
 
@@ -176,7 +188,7 @@ def build_parser() -> Parser:
                 method.name, parents=[common], help=method.summary, description=f"{method.label}: {method.summary}"
             )
             _run_options(mp, f"runs/{command}")
-            _method_options(mp, method.params)
+            _method_options(mp, method.params, method.norms)
 
     evaluate = commands.add_parser("evaluate", parents=[common], help="the report card from a TOML config")
     evaluate.add_argument("--config", type=Path, required=True, help="the report card's TOML config")
@@ -207,11 +219,12 @@ def _set_threads(threads: int) -> None:
 def _cmd_train(ns: argparse.Namespace) -> int:
     from robustcert.data import load_dataset
     from robustcert.jobs import prepare_training_dir
+    from robustcert.runs.engine import check_out_dir
     from robustcert.train import train_model
     from robustcert.train.factory import make_loss
 
     loss, params = make_loss(ns.method, sigma=ns.sigma, eps=ns.eps, norm=ns.norm, pgd_steps=ns.pgd_steps)
-    _check_out_dir(ns.out)  # now, not after the first epoch, when the model is first saved
+    check_out_dir(ns.out)  # now, not after the first epoch, when the model is first saved
     prepare_training_dir(ns.out, force=ns.force)
     train_data = load_dataset(ns.dataset, "train", ns.data_dir)
     test_data = load_dataset(ns.dataset, "test", ns.data_dir)
@@ -224,19 +237,6 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     acc_text = "n/a" if acc is None else f"{100 * acc:.1f}%"
     print(f"trained {ns.arch} ({ns.method}) on {ns.dataset}: test accuracy {acc_text} -> {ns.out}/model.pt")
     return 0
-
-
-def _check_out_dir(out: Path) -> None:
-    """RobustCertError unless ``out`` is, or can be created as, a writable directory (nothing is created)."""
-    probe = out
-    while not probe.exists() and probe.parent != probe:  # the nearest part of the path that exists
-        probe = probe.parent
-    if not probe.is_dir():
-        raise RobustCertError(
-            f"cannot create the output directory {out}: {probe} is a file, not a directory; choose another --out"
-        )
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RobustCertError(f"the output directory {out} is not writable ({probe}); choose another --out")
 
 
 def _cmd_certify(ns: argparse.Namespace) -> int:

@@ -134,6 +134,8 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[Row]]:
     from robustcert.runs import read_rows
 
     run_json = Path(run_dir) / "run.json"
+    if not Path(run_dir).exists():
+        raise RobustCertError(f"{run_dir} does not exist; give the --out of a certify, attack or evaluate command")
     if not run_json.exists():
         raise RobustCertError(
             f"{run_dir} is neither a run directory (run.json) nor an evaluate directory ({EVALUATE_FILE}); "
@@ -141,8 +143,10 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[Row]]:
         )
     try:
         info = json.loads(run_json.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise RobustCertError(f"{run_json} is not valid JSON; rerun the command with --force") from None
+    if not isinstance(info, dict) or not isinstance(info.get("method"), str):
+        raise RobustCertError(f"{run_json} is not a run.json object with a method; rerun the command with --force")
     entry = get_method(str(info.get("method")))
     return info, read_rows(Path(run_dir) / "results.jsonl", entry.row_type)
 

@@ -105,8 +105,13 @@ def _budgets(values: Any, where: str) -> list[float]:
 def load_config(path: str | Path) -> EvaluateConfig:
     """Read and validate an evaluate config; RobustCertError names the bad key and how to fix it."""
     path = Path(path)
+    if path.is_dir():
+        raise RobustCertError(f"config {path} is a directory; give the TOML file, e.g. --config {path}/card.toml")
     if not path.is_file():
-        raise RobustCertError(f"config file {path} does not exist; see src/robustcert/configs/demo.toml for an example")
+        raise RobustCertError(
+            f"config file {path} does not exist; for an example, see the demo's config (configs/demo.toml in the "
+            "robustcert package) or README.md's report card section"
+        )
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -187,7 +192,8 @@ def _methods(methods: Any, threats: dict[str, dict[str, Any]], model_names: list
     for name, options in methods.items():
         entry = get_method(name)
         where = f"methods.{name}"
-        allowed = tuple(f.name for f in param_fields(entry.params) if f.name != "norm") + SELECTION_KEYS
+        own = tuple(f.name for f in param_fields(entry.params) if f.name not in ("norm", *SELECTION_KEYS))
+        allowed = own + SELECTION_KEYS
         options = _check_keys(options, allowed, where)
         models = options.pop("models", None)
         if models is not None:

@@ -80,9 +80,9 @@ class BudgetParams(Params):
 
     def check(self) -> None:
         if not self.eps:
-            raise RobustCertError("eps needs at least one budget, e.g. --eps 0.01,0.02")
+            raise RobustCertError("eps needs at least one budget, e.g. --eps 0.01,0.02 (eps = [0.01, 0.02] in TOML)")
         if len(set(self.eps)) != len(self.eps):
-            raise RobustCertError(f"eps lists a budget twice: {list(self.eps)}")
+            raise RobustCertError(f"eps lists a budget twice: {list(self.eps)}; give each budget once")
 
 
 P = TypeVar("P", bound=Params)
@@ -113,7 +113,9 @@ def _coerce_one(value: Any, kind: Any, where: str) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple):
             items = [items]
-        return tuple(_coerce_one(v, item, where) for v in items if not (isinstance(v, str) and not v.strip()))
+        if any(isinstance(v, str) and not v.strip() for v in items):
+            raise RobustCertError(f"{where} has an empty item in {value!r}; separate values by single commas")
+        return tuple(_coerce_one(v, item, where) for v in items)
     if kind is bool:
         if isinstance(value, bool):
             return value

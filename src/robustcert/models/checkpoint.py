@@ -127,6 +127,11 @@ def read_model_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """
     directory = Path(directory)
     meta_path = directory / "model.json"
+    if directory.is_file():
+        raise RobustCertError(
+            f"--model takes a model directory (model.pt + model.json), and {directory} is a file; "
+            f"give its directory {directory.parent}"
+        )
     if not directory.is_dir():
         raise RobustCertError(
             f"model directory {directory} does not exist; train one with `robustcert train ... --out {directory}`"

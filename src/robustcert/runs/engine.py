@@ -68,9 +68,9 @@ def parse_indices(text: str | None) -> list[int] | None:
         part = part.strip()
         if not part:
             continue
-        lo_text, _, hi_text = part.partition("-")
+        lo_text, dash, hi_text = part.partition("-")
         try:
-            lo, hi = int(lo_text), int(hi_text or lo_text)
+            lo, hi = int(lo_text), int(hi_text if dash else lo_text)
         except ValueError:
             raise RobustCertError(usage) from None
         if lo < 0 or hi < 0:
@@ -81,13 +81,23 @@ def parse_indices(text: str | None) -> list[int] | None:
     return out
 
 
+def check_out_dir(out: Path) -> None:
+    """RobustCertError unless ``out`` is, or can be created as, a writable directory (nothing is created)."""
+    probe = Path(out)
+    while not probe.exists() and probe.parent != probe:  # the nearest part of the path that exists
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RobustCertError(f"cannot use {out} as the output directory: {probe} is a file; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RobustCertError(f"the output directory {out} is not writable ({probe}); choose another --out")
+
+
 def _writable_dir(out_dir: Path) -> None:
+    check_out_dir(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RobustCertError(f"cannot create the output directory {out_dir}: {exc.strerror}; choose another --out") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise RobustCertError(f"the output directory {out_dir} is not writable; choose another --out")
 
 
 def prepare_run_dir(
@@ -116,8 +126,10 @@ def prepare_run_dir(
         if run_path.exists():
             try:
                 old = json.loads(run_path.read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 raise RobustCertError(f"{run_path} is not valid JSON; rerun with --force to start over") from None
+            if not isinstance(old, dict):
+                raise RobustCertError(f"{run_path} is not a run.json object; rerun with --force to start over")
             diffs = sorted(
                 k for k in set(old) | set(info) if k != "robustcert_version" and old.get(k) != info.get(k)
             )

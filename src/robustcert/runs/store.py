@@ -68,7 +68,7 @@ def read_rows(path: Path, row_type: type[Row], *, warn: bool = True) -> list[Row
 
 def read_complete_rows(path: Path, row_type: type[Row], rows_per_example: int) -> list[Row]:
     """Rows of the examples that have all ``rows_per_example`` rows, in file order."""
-    rows = read_rows(path, row_type, warn=False)
+    rows = read_rows(path, row_type)
     count: dict[int, int] = defaultdict(int)
     for row in rows:
         count[row.index] += 1
