@@ -75,12 +75,22 @@ def test_registry_and_ir_fields():
         "div_const",
         "add",
         "identity",
+        "leaky_relu",
+        "gelu",
+        "gather",
+        "reduce_max",
+        "pad",
+        "concat",
+        "permute",
+        "slice",
     }
     assert set(OPS) == expected
     assert all(isinstance(s, OpSpec) and s.name == k for k, s in OPS.items())
-    assert {k for k, s in OPS.items() if not s.is_affine} == {"relu", "sigmoid", "tanh"}
+    assert {k for k, s in OPS.items() if not s.is_affine} == {
+        "relu", "sigmoid", "tanh", "leaky_relu", "gelu", "reduce_max"
+    }
     assert [f.name for f in dataclasses.fields(Node)] == ["name", "op", "inputs", "params"]
-    assert [f.name for f in dataclasses.fields(Graph)] == ["nodes", "output", "input_shape"]
+    assert [f.name for f in dataclasses.fields(Graph)] == ["nodes", "output", "input_shape", "stripped", "notes"]
     node = Node("a", "relu", ("x",), {})
     with pytest.raises(dataclasses.FrozenInstanceError):
         node.name = "b"  # type: ignore[misc]
@@ -121,9 +131,14 @@ def test_residual_is_a_dag():
 
 
 def test_ops_covered_by_the_test_models():
+    from test_layers import LAYER_MODELS, make
+
     used = set()
     for name in MODEL_NAMES:
         used |= {n.op for n in graph_from_module(make_model(name), SHAPE).nodes}
+    for name in LAYER_MODELS:
+        model = make(name)
+        used |= {n.op for n in graph_from_module(model, SHAPE).nodes}
     missing = set(OPS) - used
     assert not missing, f"test models miss ops {missing}"
 
@@ -152,10 +167,12 @@ def _unsupported_message(model: nn.Module) -> str:
     return str(info.value)
 
 
+UNSUPPORTED = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2), nn.Flatten(), nn.Linear(288, 3))
+
+
 def test_unsupported_module_names_node_and_type():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 3)).eval()
-    msg = _unsupported_message(model)
-    assert "nn.MaxPool2d" in msg and "'1'" in msg and "supported ops" in msg and "nn.Linear" in msg
+    msg = _unsupported_message(UNSUPPORTED.eval())
+    assert "nn.Upsample" in msg and "'1'" in msg and "supported ops" in msg and "nn.Linear" in msg
 
 
 def test_unsupported_functions_name_node_and_type():
@@ -165,18 +182,18 @@ def test_unsupported_functions_name_node_and_type():
 
     class Pool(nn.Module):
         def forward(self, x):
-            return F.max_pool2d(x, 2).flatten(1)
+            return F.interpolate(x, scale_factor=2).flatten(1)
 
     class Soft(nn.Module):
         def forward(self, x):
-            return torch.softmax(x.flatten(1), dim=1)
+            return torch.softmax(x.flatten(1), dim=1) * 2
 
     msg = _unsupported_message(Sq())
     assert "'mul'" in msg and "not affine" in msg
     msg = _unsupported_message(Pool())
-    assert "max_pool2d" in msg and "supported ops" in msg
+    assert "interpolate" in msg and "supported ops" in msg
     msg = _unsupported_message(Soft())
-    assert "softmax" in msg and "'softmax'" in msg
+    assert "softmax" in msg and "only as the last op" in msg
 
 
 def test_batchnorm_train_mode_refused_and_modes_restored():
@@ -304,13 +321,12 @@ def test_onnx_batchnorm_node_without_folding(tmp_path):
 
 
 def test_onnx_unsupported_op_names_node_and_type(tmp_path):
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 3)).eval()
-    path = str(tmp_path / "pool.onnx")
-    export_onnx(model, path)
+    path = str(tmp_path / "upsample.onnx")
+    export_onnx(UNSUPPORTED.eval(), path)
     with pytest.raises(RobustCertError) as info:
         load_onnx(path)
     msg = str(info.value)
-    assert "ONNX MaxPool" in msg and "MaxPool" in msg and "supported ops" in msg and "Gemm" in msg
+    assert "ONNX Resize" in msg and "supported ops" in msg and "Gemm" in msg
 
 
 def test_onnx_bad_path():

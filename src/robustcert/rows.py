@@ -103,21 +103,27 @@ class SmoothingRow(Row):
 @dataclass(kw_only=True, slots=True)
 class BoundRow(Row):
     """A deterministic certificate at one budget: ``margin_lower`` ≤ min over j ≠ y of f_y − f_j on the
-    whole ball (None when the method could not bound it, e.g. a time-out)."""
+    whole ball (None when the method could not bound it, e.g. a time-out). ``float_model`` says which
+    network the certificate is about: ``"float32"`` (the model's float32 evaluation, in any summation
+    order; the default, also for rows written before the field existed) or ``"real"`` (the real-valued
+    network with the stored weights)."""
 
     family: ClassVar[str] = "bound"
 
     norm: str
     eps: float
     margin_lower: float | None
+    float_model: str = "float32"
 
 
 @dataclass(kw_only=True, slots=True)
 class ExactRow(BoundRow):
-    """A complete verifier's verdict at one budget: ``status`` is robust, counterexample or unknown."""
+    """A complete verifier's verdict at one budget: ``status`` is robust, counterexample or unknown.
+    The MILP encodes the real-valued network, so ``float_model`` defaults to ``"real"`` here."""
 
     family: ClassVar[str] = "exact"
 
+    float_model: str = "real"
     status: str
 
 

@@ -1,6 +1,7 @@
 """Bound propagation over the graph IR: IBP, CROWN and alpha-CROWN (one file and one rule table each).
 
-Certification (float64, with a rounding safety margin)::
+Certification (float64; by default sound for the float32 network in any summation order, or with
+``float_model="real"`` for the real-valued one; see ``_soundness``)::
 
     m = margin_lower(model, x, y, eps=0.1, norm="linf", method="ibp" | "crown" | "alpha-crown")
     verified = is_verified(m)

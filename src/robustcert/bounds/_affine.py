@@ -7,13 +7,15 @@ constant ``A · c`` ([B', S]) or None when ``c = 0``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from robustcert.bounds._common import Affine, Ctx, dot
 from robustcert.graph.ir import Node
-from robustcert.graph.ops import OPS, batchnorm_scale_shift, channel_view, param
+from robustcert.graph.ops import OPS, batchnorm_scale_shift, channel_view, pad_amounts, param, slice_index
 
 Back = tuple[list[Tensor], Tensor | None]
 
@@ -111,6 +113,49 @@ def add_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
     return [A, A], None
 
 
+def gather_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    """``out[i] = x[index[i]]``: each input neuron receives the sum of the coefficients of the outputs that
+    copy it (scatter-add)."""
+    bp, s = _rows(A)
+    in_shape = ctx.shapes[node.inputs[0]]
+    index = node.params["index"].reshape(-1).to(A.device)
+    zero = torch.zeros((bp, s, math.prod(in_shape)), dtype=A.dtype, device=A.device)
+    return [zero.index_add(2, index, A.reshape(bp, s, -1)).reshape((bp, s) + in_shape)], None
+
+
+def pad_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    """Constant padding ``out = P x + value * (1 - P 1)``: crop the coefficients back to the input
+    (negated amounts; cropped positions get zero) and add ``value`` times the coefficients on the padding."""
+    x = F.pad(A, [-a for a in pad_amounts(node)])
+    value = float(node.params["value"])
+    if value == 0.0:
+        return [x], None
+    in_shape = ctx.shapes[node.inputs[0]]
+    copied = F.pad(torch.ones((1,) + in_shape, dtype=A.dtype, device=A.device), pad_amounts(node), value=0.0)
+    return [x], value * dot(A, 1.0 - copied)
+
+
+def concat_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    """Split the coefficients along the concatenated dim, one part per input."""
+    d = int(node.params["dim"])
+    sizes = [ctx.shapes[i][d] for i in node.inputs]
+    return list(A.split(sizes, dim=d + 2)), None
+
+
+def permute_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    """Input dim ``i`` is output dim ``inv[i]`` with ``inv[perm[j]] = j``: permute the coefficients back."""
+    perm = [int(p) for p in node.params["perm"]]
+    inv = [perm.index(i) for i in range(len(perm))]
+    return [A.permute((0, 1) + tuple(j + 2 for j in inv))], None
+
+
+def slice_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
+    """Place the coefficients at the sliced positions of a zero tensor of the input's shape."""
+    x = torch.zeros(A.shape[:2] + ctx.shapes[node.inputs[0]], dtype=A.dtype, device=A.device)
+    x[(slice(None), slice(None)) + slice_index(node)] = A
+    return [x], None
+
+
 AFFINE_BACK: dict[str, Affine] = {
     "linear": Affine(linear_back),
     "conv2d": Affine(conv2d_back),
@@ -125,6 +170,11 @@ AFFINE_BACK: dict[str, Affine] = {
     "mul_const": Affine(mul_const_back),
     "div_const": Affine(div_const_back),
     "add": Affine(add_back),
+    "gather": Affine(gather_back),
+    "pad": Affine(pad_back),
+    "concat": Affine(concat_back),
+    "permute": Affine(permute_back),
+    "slice": Affine(slice_back),
 }
 
 assert set(AFFINE_BACK) == {k for k, v in OPS.items() if v.is_affine and k != "input"}

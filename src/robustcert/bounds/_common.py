@@ -11,14 +11,22 @@
   1 until a per-example relaxation is crossed, so purely affine prefixes are computed once for the whole
   batch; :class:`~robustcert.bounds.crown_window.Patches` holds each row's receptive field only. The
   traversal, the relaxation algebra and the concretisation are the same for every representation.
+* Rounding: inside :func:`rounding_scope` (certification), both traversals consult the active
+  :class:`RoundingModel` (:class:`robustcert.bounds._soundness.Rounding`): forward intervals are widened
+  to hold every computed value, back substitution adds ``|A| . w`` slack at every node it crosses, bias
+  sums use directed rounding, and concretisation covers its own rounding. The rule tables compute in
+  exact-arithmetic terms and need not know. Outside a scope (training) nothing changes.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -149,19 +157,93 @@ class Dense(Coeffs):
         return Dense(self.data + other.data)
 
 
+class RoundingModel(Protocol):
+    """What the traversals ask about rounding; implemented by :class:`._soundness.Rounding`, where every
+    weight is derived. A weight ``w`` (per neuron) means: the lower bound loses at most ``|A| . w``."""
+
+    def inflate(self, dtype: torch.dtype) -> float: ...
+
+    def forward(self, node: Node, b: Bounds, ins: Sequence[Bounds]) -> Bounds: ...
+
+    def node_weight(self, node: Node, ctx: Ctx) -> Tensor | None: ...
+
+    def relax_weight(
+        self,
+        node: Node,
+        lb: Tensor,
+        ub: Tensor,
+        layout: Coeffs,
+        lines: tuple[Tensor, Tensor | None, Tensor, Tensor | None],
+    ) -> Tensor: ...
+
+    def merge_weight(self, bounds: Bounds) -> Tensor: ...
+
+    def interval_weight(self, bounds: Bounds, n: int) -> Tensor: ...
+
+    def box_weight(self, inset: InputSet, n: int) -> Tensor: ...
+
+    def ball_weights(self, inset: InputSet, n: int) -> tuple[Tensor, float]: ...
+
+
+_ROUNDING: ContextVar[RoundingModel | None] = ContextVar("robustcert_bounds_rounding", default=None)
+
+
+@contextmanager
+def rounding_scope(model: RoundingModel | None) -> Iterator[None]:
+    """Make ``model`` the rounding model of the traversals run inside (None: exact-arithmetic terms)."""
+    token = _ROUNDING.set(model)
+    try:
+        yield
+    finally:
+        _ROUNDING.reset(token)
+
+
+def active_rounding() -> RoundingModel | None:
+    """The rounding model of the enclosing :func:`rounding_scope`, if any."""
+    return _ROUNDING.get()
+
+
+def toward(t: Any, upper: bool) -> Any:
+    """The next float above (``upper``) or below ``t``: at least the rounding error of the operation
+    that produced ``t`` under round-to-nearest, so directed rounding by hand. Tensors or floats."""
+    if isinstance(t, Tensor):
+        return torch.nextafter(t, torch.full_like(t, math.inf if upper else -math.inf))
+    return math.nextafter(float(t), math.inf if upper else -math.inf)
+
+
+def _abs_dot(A: Coeffs, w: Tensor) -> Tensor:
+    """``|A| . w`` per row, ``w`` a per-neuron map of A's node (laid out by ``A.local``)."""
+    return dot(A.data.abs(), A.local(w))
+
+
+def _weighted(absA: Tensor, w: Tensor) -> Tensor:
+    """``sum |A| * w`` per row for a laid-out weight ``w`` that may be larger than A's node (a relaxation
+    whose lines live on the activation's input, e.g. reduce_max's window entries): then broadcast."""
+    if w.ndim == absA.ndim and torch.broadcast_shapes(w.shape[2:], absA.shape[2:]) != absA.shape[2:]:
+        return (absA * w).flatten(2).sum(-1)
+    return dot(absA, w)
+
+
+def _rows_of(A: Coeffs) -> int:
+    """Number of coefficients per row (terms of one row's dot product)."""
+    return int(math.prod(A.data.shape[2:]))
+
+
 def forward_pass(
     graph: Graph,
     rules: dict[str, Callable[..., Bounds]],
     input_bounds: Bounds,
     refine: Callable[[Node, Bounds, dict[str, Bounds]], Bounds] | None = None,
 ) -> dict[str, Bounds]:
-    """Interval-style forward traversal: ``out[node] = rules[op](node, *in_bounds)`` then ``refine``."""
+    """Interval-style forward traversal: ``out[node] = rules[op](node, *in_bounds)``, widened by the
+    active rounding model (if any) to hold every computed value, then ``refine``."""
+    model = active_rounding()
     out: dict[str, Bounds] = {}
     for node in graph.nodes:
-        if node.op == "input":
-            b = input_bounds
-        else:
-            b = rules[node.op](node, *(out[i] for i in node.inputs))
+        ins = [out[i] for i in node.inputs]
+        b = input_bounds if node.op == "input" else rules[node.op](node, *ins)
+        if model is not None:
+            b = model.forward(node, b, ins)
         if refine is not None:
             b = refine(node, b, out)
         out[node.name] = b
@@ -210,10 +292,13 @@ def _affine_step(
 
 
 def _relax_step(
-    node: Node, rule: Relax, al: Coeffs | None, au: Coeffs | None, ctx: Ctx
-) -> tuple[list[Coeffs | None], Tensor | float, list[Coeffs | None], Tensor | float]:
+    node: Node, rule: Relax, al: Coeffs | None, au: Coeffs | None, ctx: Ctx, model: RoundingModel | None
+) -> tuple[
+    list[Coeffs | None], Tensor | float, list[Coeffs | None], Tensor | float, Tensor | float, Tensor | float
+]:
     """Replace an activation by its linear bounds: the lower one where a lower bound's coefficient is
-    positive (an upper bound's is negative), and the other one elsewhere."""
+    positive (an upper bound's is negative), and the other one elsewhere. Also returns the rounding
+    slack of the lower and upper bound (0 without a rounding model)."""
     lb, ub = ctx.bounds[node.inputs[0]]
     layout = al if al is not None else au
     assert layout is not None
@@ -223,15 +308,35 @@ def _relax_step(
     ins_u: list[Coeffs | None] = [None]
     bias_l: Tensor | float = 0.0
     bias_u: Tensor | float = 0.0
+    slack_l: Tensor | float = 0.0
+    slack_u: Tensor | float = 0.0
+    w = None if model is None else model.relax_weight(node, lb, ub, layout, (aL, bL, aU, bU))
     if al is not None:
         ins_l, bias_l = _relax_apply(al, aL, bL, aU, bU)
+        if w is not None:
+            slack_l = _weighted(al.data.abs(), w)
     if au is not None:
         ins_u, bias_u = _relax_apply(au, aU, bU, aL, bL)
-    return ins_l, bias_l, ins_u, bias_u
+        if w is not None:
+            slack_u = slack_l if au is al else _weighted(au.data.abs(), w)
+    return ins_l, bias_l, ins_u, bias_u, slack_l, slack_u
 
 
-def _plus_bias(total: Tensor | float, b: Tensor | float | None) -> Tensor | float:
-    return total if b is None else total + b
+def _plus_bias(
+    total: Tensor | float, b: Tensor | float | None, directed: bool = False, upper: bool = False
+) -> Tensor | float:
+    """``total + b``; with ``directed``, rounded away from the bound's side (down for a lower bound)."""
+    if b is None or (not isinstance(b, Tensor) and b == 0.0):
+        return total
+    s = total + b
+    return toward(s, upper) if directed else s
+
+
+def _finish(bias: Tensor | float, slack: Tensor | float, infl: float, upper: bool) -> Tensor | float:
+    """``bias - infl * slack`` (``+`` for an upper bound), rounded away from the bound's side."""
+    if not isinstance(slack, Tensor) and slack == 0.0:
+        return bias
+    return toward(bias + slack * infl if upper else bias - slack * infl, upper)
 
 
 def backward(
@@ -251,9 +356,18 @@ def backward(
     Returns ``(leaves_lo, bias_lo, leaves_up, bias_up)``: for the lower bound,
     ``A0 · v_target >= sum_leaf A_leaf · v_leaf + bias_lo`` for every input in the set, given that the
     relaxations in ``table`` are valid on the intervals in ``ctx.bounds``; leaves are the input node and
-    any node of ``stop`` reached (upper bound likewise with ``<=``). Exact arithmetic; callers add the
-    rounding margin.
+    any node of ``stop`` reached (upper bound likewise with ``<=``).
+
+    Without a rounding model this is the exact-arithmetic statement. Inside :func:`rounding_scope` it
+    holds for the computed leaves and bias as they are (the float32 error of every node crossed and the
+    float64 residual of every step are in the bias, see :mod:`._soundness`); the leaves' concretisation
+    (:func:`concretize`) covers its own rounding. ``ctx.bounds`` must then hold the interval of every
+    node crossed and of its inputs.
     """
+    model = active_rounding()
+    directed = model is not None
+    slack_lo: Tensor | float = 0.0
+    slack_up: Tensor | float = 0.0
     start = A0 if isinstance(A0, Coeffs) else Dense(A0)
     anc = graph.ancestors(target)
     A_lo: dict[str, Coeffs | None] = {target: start if lower else None}
@@ -279,17 +393,41 @@ def backward(
         b_l: Tensor | float | None
         b_u: Tensor | float | None
         if isinstance(rule, Affine):
+            if model is not None:
+                w = model.node_weight(node, ctx)
+                if w is not None:
+                    s_l = 0.0 if al is None else _abs_dot(al, w)
+                    s_u = s_l if au is al else (0.0 if au is None else _abs_dot(au, w))
+                    slack_lo, slack_up = slack_lo + s_l, slack_up + s_u
             ins_l, b_l, ins_u, b_u = _affine_step(node, rule, al, au, ctx)
         else:
-            ins_l, b_l, ins_u, b_u = _relax_step(node, rule, al, au, ctx)
-        bias_lo, bias_up = _plus_bias(bias_lo, b_l), _plus_bias(bias_up, b_u)
+            ins_l, b_l, ins_u, b_u, s_l, s_u = _relax_step(node, rule, al, au, ctx, model)
+            slack_lo, slack_up = slack_lo + s_l, slack_up + s_u
+        bias_lo = _plus_bias(bias_lo, b_l, directed, upper=False)
+        bias_up = _plus_bias(bias_up, b_u, directed, upper=True)
         for inp, nl, nu in zip(node.inputs, ins_l, ins_u, strict=True):
             ol, ou = A_lo.get(inp), A_up.get(inp)
             shared = (ol is ou) and (nl is nu)
             sl = _add(ol, nl)
-            A_lo[inp] = sl
-            A_up[inp] = sl if shared else _add(ou, nu)
+            su = sl if shared else _add(ou, nu)
+            A_lo[inp], A_up[inp] = sl, su
+            if model is not None and (ol is not None and nl is not None or ou is not None and nu is not None):
+                # one rounded addition of two coefficient sets: |error| <= gamma_1 |sum|
+                w = model.merge_weight(_bounds_of_node(ctx, inp))
+                m_l = 0.0 if sl is None or ol is None or nl is None else _abs_dot(sl, w)
+                m_u = m_l if shared else (0.0 if su is None or ou is None or nu is None else _abs_dot(su, w))
+                slack_lo, slack_up = slack_lo + m_l, slack_up + m_u
+    if model is not None:
+        infl = model.inflate(start.data.dtype)
+        bias_lo = _finish(bias_lo, slack_lo, infl, upper=False)
+        bias_up = _finish(bias_up, slack_up, infl, upper=True)
     return leaves_lo, bias_lo, leaves_up, bias_up
+
+
+def _bounds_of_node(ctx: Ctx, name: str) -> Bounds:
+    if name not in ctx.bounds:
+        raise AssertionError(f"rounding needs the interval of node {name!r} in ctx.bounds")
+    return ctx.bounds[name]
 
 
 def concretize_input(A: Coeffs, inset: InputSet, upper: bool = False) -> Tensor:
@@ -299,13 +437,23 @@ def concretize_input(A: Coeffs, inset: InputSet, upper: bool = False) -> Tensor:
     both bound ``A · x`` over ball ∩ box, so the tighter one does too (``||A||_2`` of the stored numbers:
     a representation stores zeros, or nothing, for the coefficients it leaves out).
     """
+    model = active_rounding()
     c = (inset.lo + inset.hi) / 2
     r = (inset.hi - inset.lo) / 2
     sign = 1.0 if upper else -1.0
-    val = A.dot(c) + sign * dot(A.data.abs(), A.local(r))
+    absA = A.data.abs()
+    val = A.dot(c) + sign * dot(absA, A.local(r))
+    n = _rows_of(A)
+    if model is not None:
+        infl = model.inflate(A.data.dtype)
+        val = toward(val + sign * infl * dot(absA, A.local(model.box_weight(inset, n))), upper)
     if inset.center is not None:
         norm = torch.linalg.vector_norm(A.data.flatten(2), dim=-1)
         ball = A.dot(inset.center) + sign * inset.eps * norm
+        if model is not None:
+            w, g = model.ball_weights(inset, n)
+            slack = dot(absA, A.local(w)) + g * inset.eps * norm
+            ball = toward(ball + sign * infl * slack, upper)
         val = torch.minimum(val, ball) if upper else torch.maximum(val, ball)
     return val
 
@@ -315,7 +463,12 @@ def concretize_interval(A: Coeffs, bounds: Bounds, upper: bool = False) -> Tenso
     lb, ub = bounds
     pos = A.data.clamp(min=0)
     lo_t, hi_t = (ub, lb) if upper else (lb, ub)
-    return dot(pos, A.local(lo_t)) + dot(A.data - pos, A.local(hi_t))
+    val = dot(pos, A.local(lo_t)) + dot(A.data - pos, A.local(hi_t))
+    model = active_rounding()
+    if model is not None:
+        slack = _abs_dot(A, model.interval_weight(bounds, _rows_of(A))) * model.inflate(A.data.dtype)
+        val = toward(val + slack if upper else val - slack, upper)
+    return val
 
 
 def concretize(
@@ -327,12 +480,14 @@ def concretize(
     upper: bool = False,
 ) -> Tensor:
     """Lower bound (or, for the leaves/bias of an upper bound, upper bound) of the linear form."""
+    directed = active_rounding() is not None
     total: Tensor | float = bias
     for name, A in leaves.items():
         if name == graph.input_name:
-            total = total + concretize_input(A, inset, upper)
+            term = concretize_input(A, inset, upper)
         else:
-            total = total + concretize_interval(A, ctx.bounds[name], upper)
+            term = concretize_interval(A, ctx.bounds[name], upper)
+        total = _plus_bias(total, term, directed, upper)
     if not isinstance(total, Tensor):
         total = torch.full((inset.batch, 1), float(total), dtype=inset.lo.dtype)
     return total

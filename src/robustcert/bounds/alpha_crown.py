@@ -1,23 +1,29 @@
-"""alpha-CROWN (Xu et al., 2021): CROWN with the lower slopes of unstable ReLUs optimised per output row.
+"""alpha-CROWN (Xu et al., 2021): CROWN with the free slopes of unstable ReLU / LeakyReLU neurons
+optimised per output row.
 
 Intermediate intervals are computed ONCE (by CROWN, or IBP) and kept fixed; only the output
-specification is re-propagated while the slopes ``alpha in [0, 1]`` (one per unstable ReLU neuron, per
+specification is re-propagated while the parameters ``alpha in [0, 1]`` (one per unstable neuron, per
 specification row and example) are improved by projected Adam on the sum of the row lower bounds,
-starting from CROWN's adaptive slopes. Any alpha in [0, 1] gives a valid lower relaxation ``alpha x <=
-relu(x)`` on [lb, ub] with lb < 0 < ub, so every iterate is a sound bound. The search runs in float32;
+starting from CROWN's adaptive slopes. For ReLU, alpha is the slope of the lower line ``alpha x <=
+relu(x)``; for LeakyReLU with slope a it picks the line ``s x`` through the origin with ``s = min(a, 1) +
+alpha |1 - a|`` — below f when a <= 1, above f when a > 1 (see :func:`.crown.leaky_relu_relax`). Any
+alpha in [0, 1] gives a valid relaxation on [lb, ub] with lb < 0 < ub, so every iterate is a sound
+bound. Other ops (sigmoid, tanh, GELU, max pool) keep CROWN's relaxation. The search runs in float32;
 the best slopes seen for each row (and the last ones) are then evaluated in float64, and the result is
 the elementwise maximum of those and plain CROWN, hence never looser than CROWN with the same intervals.
-The table is CROWN's with the ReLU rule replaced.
+The table is CROWN's with the ReLU and LeakyReLU rules replaced.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from robustcert.bounds._common import Affine, Ctx, InputSet, Relax
 from robustcert.bounds.crown import RULES as CROWN_RULES
-from robustcert.bounds.crown import crown_lower, relu_relax
+from robustcert.bounds.crown import crown_lower, leaky_relu_relax, relu_relax
 from robustcert.graph.ir import Graph, Node
 
 
@@ -33,7 +39,49 @@ def relu_alpha_relax(
     return torch.where(unstable, alpha, aL.unsqueeze(1)), bL, aU, bU
 
 
-RULES: dict[str, Affine | Relax] = {**CROWN_RULES, "relu": Relax(relu_alpha_relax)}
+def leaky_relu_alpha_relax(
+    node: Node, lb: Tensor, ub: Tensor, ctx: Ctx
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """LeakyReLU relaxation whose line through the origin on unstable neurons has slope
+    ``min(a, 1) + alpha |1 - a|`` with ``alpha = ctx.state['alpha'][node]`` [B, S, *shape] in [0, 1]: the
+    lower line when a <= 1 (f convex), the upper line when a > 1 (f concave); the chord is kept."""
+    aL, bL, aU, bU = leaky_relu_relax(node, lb, ub, ctx)
+    alpha = ctx.state["alpha"].get(node.name)
+    if alpha is None:
+        return aL, bL, aU, bU
+    a = float(node.params["negative_slope"])
+    slope = min(a, 1.0) + alpha * abs(1.0 - a)
+    unstable = ((lb < 0) & (ub > 0)).unsqueeze(1)
+    if a <= 1.0:
+        return torch.where(unstable, slope, aL.unsqueeze(1)), bL, aU, bU
+    return aL, bL, torch.where(unstable, slope, aU.unsqueeze(1)), bU
+
+
+def _relu_start(node: Node, lb: Tensor, ub: Tensor) -> Tensor | None:
+    """CROWN's adaptive ReLU slope as the starting alpha (1 where ub >= -lb)."""
+    return (ub >= -lb).to(lb.dtype)
+
+
+def _leaky_start(node: Node, lb: Tensor, ub: Tensor) -> Tensor | None:
+    """CROWN's adaptive LeakyReLU line (s = 1 where ub >= -lb, else a) as alpha; None when a = 1 (linear)."""
+    a = float(node.params["negative_slope"])
+    if a == 1.0:
+        return None
+    one = (ub >= -lb).to(lb.dtype)
+    return one if a < 1.0 else 1.0 - one
+
+
+# op -> the starting alpha of its unstable neurons (lb < 0 < ub), or None when nothing is free
+ALPHA_START: dict[str, Callable[[Node, Tensor, Tensor], Tensor | None]] = {
+    "relu": _relu_start,
+    "leaky_relu": _leaky_start,
+}
+
+RULES: dict[str, Affine | Relax] = {
+    **CROWN_RULES,
+    "relu": Relax(relu_alpha_relax),
+    "leaky_relu": Relax(leaky_relu_alpha_relax),
+}
 
 
 def alpha_crown_lower(
@@ -64,12 +112,15 @@ def alpha_crown_lower(
         best = crown_lower(graph, C, inset, ctx, CROWN_RULES)
     alphas: dict[str, Tensor] = {}
     for node in graph.nodes:
-        if node.op != "relu":
+        if node.op not in ALPHA_START:
             continue
         lb, ub = ctx.bounds[node.inputs[0]]
         if not bool(((lb < 0) & (ub > 0)).any()):
             continue
-        start = (ub >= -lb).to(search_dtype).unsqueeze(1).expand((lb.shape[0], S) + tuple(lb.shape[1:]))
+        t0 = ALPHA_START[node.op](node, lb, ub)
+        if t0 is None:
+            continue
+        start = t0.to(search_dtype).unsqueeze(1).expand((lb.shape[0], S) + tuple(lb.shape[1:]))
         alphas[node.name] = start.clone().requires_grad_(True)
     if not alphas or steps <= 0:
         return best

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from robustcert.bounds import alpha_crown, crown, ibp
-from robustcert.bounds._common import Ctx, InputSet
-from robustcert.bounds._soundness import SAFETY_REL, magnitudes, node_tol, spec_tol
+from robustcert.bounds._common import Ctx, InputSet, rounding_scope, toward
+from robustcert.bounds._soundness import FLOAT_MODELS, SAFETY_REL, Rounding, magnitudes, node_tol, spec_tol
 from robustcert.errors import RobustCertError
 from robustcert.graph.convert import to_graph
 from robustcert.graph.ir import Graph
@@ -19,6 +19,9 @@ from robustcert.validation import check_eps, check_norm
 
 METHODS = ("ibp", "crown", "alpha-crown")
 INTERMEDIATE = ("crown", "ibp")
+# How rounding is handled: the two public float models, and two references used by bench/float_margins.py
+# and the tests only: "legacy" (the previous 2^-30 (1 + M) margin) and "none" (no margin at all: unsound).
+ROUNDINGS = (*FLOAT_MODELS, "legacy", "none")
 
 Model = nn.Module | Graph
 
@@ -65,13 +68,18 @@ def _input_set(x: Tensor | None, eps: Any, norm: str, box: Any) -> InputSet:
         raise RobustCertError(
             "x has values outside [0, 1]; inputs must be in [0, 1] (normalise inside the model)"
         )
-    lo, hi = (x64 - e).clamp(0.0, 1.0), (x64 + e).clamp(0.0, 1.0)
+    lo, hi = x64 - e, x64 + e
+    if e > 0:  # round outward: the box must contain the real ball
+        lo, hi = toward(lo, upper=False), toward(hi, upper=True)
+    lo, hi = lo.clamp(0.0, 1.0), hi.clamp(0.0, 1.0)
     if norm == "l2":
         return InputSet(lo, hi, x64, e)
     return InputSet(lo, hi)
 
 
-def _setup(model: Model, x: Tensor | None, eps: Any, norm: str, method: str, box: Any, intermediate: str):
+def _graph_and_set(
+    model: Model, x: Tensor | None, eps: Any, norm: str, method: str, box: Any, intermediate: str
+):
     _check_choice("method", method, METHODS)
     check_norm(norm)
     _check_choice("intermediate", intermediate, INTERMEDIATE)
@@ -81,13 +89,50 @@ def _setup(model: Model, x: Tensor | None, eps: Any, norm: str, method: str, box
     out_shape = shapes[graph.output]
     if len(out_shape) != 1:
         raise RobustCertError(f"the model's output has per-example shape {out_shape}; expected [num_classes]")
+    return graph, inset, shapes
+
+
+def _legacy_mags(graph: Graph, inset: InputSet) -> dict[str, Tensor]:
     m_in = torch.maximum(inset.lo.abs(), inset.hi.abs())
     if inset.center is not None:
         # the ball bound A·x0 - eps||A|| is only used when it beats the box bound, and then
         # |A||x0| + eps||A|| <= 3 |A| max(|lo|, |hi|): a factor 3 covers its absolute computation
         m_in = 3 * m_in
-    mags = magnitudes(graph, m_in)
-    return graph, inset, shapes, mags
+    return magnitudes(graph, m_in)
+
+
+def _setup(model: Model, x: Tensor | None, eps: Any, norm: str, method: str, box: Any, intermediate: str):
+    """Legacy set-up (graph, input set, shapes, legacy magnitudes); kept for tests of the old margin."""
+    graph, inset, shapes = _graph_and_set(model, x, eps, norm, method, box, intermediate)
+    return graph, inset, shapes, _legacy_mags(graph, inset)
+
+
+class _Plan(NamedTuple):
+    graph: Graph
+    inset: InputSet
+    shapes: dict[str, tuple[int, ...]]
+    mags: dict[str, Tensor] | None  # legacy magnitudes (rounding="legacy" only)
+    rounding: Rounding | None  # the rounding model (float32 / real)
+
+
+def _plan(
+    model: Model,
+    x: Tensor | None,
+    eps: Any,
+    norm: str,
+    method: str,
+    box: Any,
+    intermediate: str,
+    rounding: str,
+) -> _Plan:
+    _check_choice("float_model", rounding, ROUNDINGS)
+    graph, inset, shapes = _graph_and_set(model, x, eps, norm, method, box, intermediate)
+    mags = _legacy_mags(graph, inset) if rounding == "legacy" else None
+    rmodel = None
+    if rounding in FLOAT_MODELS:
+        Rounding.check(graph)
+        rmodel = Rounding(rounding, shapes)
+    return _Plan(graph, inset, shapes, mags, rmodel)
 
 
 def _labels(y: Any, batch: int, k: int) -> Tensor:
@@ -129,14 +174,17 @@ def margin_lower(
     intermediate: str = "crown",
     alpha_steps: int = 20,
     alpha_lr: float = 0.1,
+    float_model: str = "float32",
 ) -> Tensor:
     """Certified lower bounds of the margins ``f_y(x') - f_j(x')``, shape [B, K] (float64, CPU).
 
     Guarantee: for every example b, every class j != y_b and every x' in the perturbation set —
     ``{x' : ||x' - x_b|| <= eps} ∩ [0, 1]^d`` (``norm`` linf or l2), or the explicit L∞ box ``box=(lo, hi)``
-    (used as given) — the real-valued network with the model's stored weights satisfies
-    ``f_y(x') - f_j(x') >= result[b, j]``, including float64 rounding in the computation (an explicit
-    safety margin is subtracted, see :mod:`robustcert.bounds._soundness`). Column y holds +inf.
+    (used as given) — ``f_y(x') - f_j(x') >= result[b, j]`` where ``f`` is, with ``float_model="float32"``
+    (default), the model's float32 evaluation at ``x'`` (rounded to float32) in any summation order, and
+    with ``"real"`` the real-valued network with the stored weights. The float64 computation's own
+    rounding is covered in both (:mod:`robustcert.bounds._soundness` derives every margin). Column y holds
+    +inf.
 
     ``method``: ``"ibp"`` (interval bounds, last affine layers elided), ``"crown"`` (backward linear
     relaxation on the margin rows ``C = e_y - e_j``), ``"alpha-crown"`` (CROWN's intermediate intervals,
@@ -145,11 +193,30 @@ def margin_lower(
     ``"ibp"`` = CROWN-IBP). The model is used in eval mode (its mode is restored); a model in training
     mode with BatchNorm is refused. Bad input raises :class:`RobustCertError`.
     """
-    graph, inset, shapes, mags = _setup(model, x, eps, norm, method, box, intermediate)
+    _check_choice("float_model", float_model, FLOAT_MODELS)
+    return _margins(model, x, y, eps, norm, method, box, intermediate, alpha_steps, alpha_lr, float_model)
+
+
+def _margins(
+    model: Model,
+    x: Tensor | None,
+    y: Any,
+    eps: float,
+    norm: str,
+    method: str,
+    box: tuple[Tensor, Tensor] | None,
+    intermediate: str,
+    alpha_steps: int,
+    alpha_lr: float,
+    rounding: str,
+) -> Tensor:
+    """:func:`margin_lower` with any of :data:`ROUNDINGS` (``legacy`` and ``none`` for comparisons only)."""
+    plan = _plan(model, x, eps, norm, method, box, intermediate, rounding)
+    graph, inset, shapes, mags = plan.graph, plan.inset, plan.shapes, plan.mags
     k = numel(shapes[graph.output])
     labels = _labels(y, inset.batch, k)
     C = margin_spec(labels, k)
-    with torch.no_grad():
+    with torch.no_grad(), rounding_scope(plan.rounding):
         if method == "ibp":
             ctx = _intermediate(graph, inset, shapes, mags, "ibp")
             lb = ibp.spec_lower(graph, C, inset, ctx)
@@ -162,7 +229,8 @@ def margin_lower(
                 lb = alpha_crown.alpha_crown_lower(
                     graph, C, inset, ctx, steps=int(alpha_steps), lr=float(alpha_lr), row_mask=rows
                 )
-        lb = lb - spec_tol(C, mags[graph.output])
+        if mags is not None:
+            lb = lb - spec_tol(C, mags[graph.output])
         lb = lb.scatter(1, labels.unsqueeze(1), torch.inf)
     return lb.detach()
 
@@ -177,17 +245,36 @@ def logit_bounds(
     intermediate: str = "crown",
     alpha_steps: int = 20,
     alpha_lr: float = 0.1,
+    float_model: str = "float32",
 ) -> tuple[Tensor, Tensor]:
     """Certified bounds ``lo <= f(x') <= hi`` on every logit, each [B, K] (float64, CPU).
 
-    Same perturbation set, methods, options and rounding guarantee as :func:`margin_lower`. Use
-    :func:`margin_lower` to certify a prediction: bounding the margins directly is tighter than
-    subtracting these logit bounds.
+    Same perturbation set, methods, options, ``float_model`` and rounding guarantee as
+    :func:`margin_lower`. Use :func:`margin_lower` to certify a prediction: bounding the margins directly
+    is tighter than subtracting these logit bounds.
     """
-    graph, inset, shapes, mags = _setup(model, x, eps, norm, method, box, intermediate)
+    _check_choice("float_model", float_model, FLOAT_MODELS)
+    return _logits(model, x, eps, norm, method, box, intermediate, alpha_steps, alpha_lr, float_model)
+
+
+def _logits(
+    model: Model,
+    x: Tensor | None,
+    eps: float,
+    norm: str,
+    method: str,
+    box: tuple[Tensor, Tensor] | None,
+    intermediate: str,
+    alpha_steps: int,
+    alpha_lr: float,
+    rounding: str,
+) -> tuple[Tensor, Tensor]:
+    """:func:`logit_bounds` with any of :data:`ROUNDINGS`."""
+    plan = _plan(model, x, eps, norm, method, box, intermediate, rounding)
+    graph, inset, shapes, mags = plan.graph, plan.inset, plan.shapes, plan.mags
     k = numel(shapes[graph.output])
     eye = torch.eye(k, dtype=torch.float64)
-    with torch.no_grad():
+    with torch.no_grad(), rounding_scope(plan.rounding):
         if method == "ibp":
             ctx = _intermediate(graph, inset, shapes, mags, "ibp")
             lo0, hi0 = ctx.bounds[graph.output]
@@ -204,8 +291,10 @@ def logit_bounds(
                     graph, C, inset, ctx, steps=int(alpha_steps), lr=float(alpha_lr)
                 )
                 lo, hi = both[:, :k], -both[:, k:]
-        tol = node_tol(mags[graph.output])
-    return (lo - tol).detach(), (hi + tol).detach()
+        if mags is not None:
+            tol = node_tol(mags[graph.output])
+            lo, hi = lo - tol, hi + tol
+    return lo.detach(), hi.detach()
 
 
 class BoxBounds(NamedTuple):
@@ -216,26 +305,31 @@ class BoxBounds(NamedTuple):
     spec_lower: Tensor
 
 
-def box_bounds(model: Model, lo: Tensor, hi: Tensor, C: Tensor, intermediate: str = "crown") -> BoxBounds:
+def box_bounds(
+    model: Model, lo: Tensor, hi: Tensor, C: Tensor, intermediate: str = "crown", float_model: str = "real"
+) -> BoxBounds:
     """Certified CROWN bounds over the explicit box ``[lo, hi]`` ([B, *input_shape]): the intervals of
     every activation input (the intervals CROWN's relaxations are built on) and lower bounds of the
     specification rows ``C · output`` (``C``: [1 or B, S, K]). Float64, CPU.
 
-    Guarantee: for every x' in the box, the real-valued network with the model's stored weights has each
-    activation input inside its interval and ``C · f(x') >= spec_lower``, including float64 rounding in
-    the computation (the safety margin of :mod:`robustcert.bounds._soundness` is applied to both). Used by
-    the exact MILP for its big-M constants.
+    Guarantee: for every x' in the box, the network — real-valued with the stored weights
+    (``float_model="real"``, the default: the MILP encodes that network) or its float32 evaluation
+    (``"float32"``) — has each activation input inside its interval and ``C · f(x') >= spec_lower``,
+    including float64 rounding in the computation (:mod:`robustcert.bounds._soundness`). Used by the
+    exact MILP for its big-M constants.
     """
-    graph, inset, shapes, mags = _setup(model, None, None, "linf", "crown", (lo, hi), intermediate)
+    _check_choice("float_model", float_model, FLOAT_MODELS)
+    plan = _plan(model, None, None, "linf", "crown", (lo, hi), intermediate, float_model)
+    graph, inset, shapes = plan.graph, plan.inset, plan.shapes
     k = numel(shapes[graph.output])
     if not isinstance(C, Tensor) or C.ndim != 3 or C.shape[0] not in (1, inset.batch) or C.shape[2] != k:
         raise RobustCertError(
             f"C must be a tensor [1 or {inset.batch}, S, {k}], got {getattr(C, 'shape', C)}"
         )
     C = C.detach().to(torch.float64)
-    with torch.no_grad():
-        ctx = _intermediate(graph, inset, shapes, mags, intermediate)
-        lb = crown.crown_lower(graph, C, inset, ctx) - spec_tol(C, mags[graph.output])
+    with torch.no_grad(), rounding_scope(plan.rounding):
+        ctx = _intermediate(graph, inset, shapes, None, intermediate)
+        lb = crown.crown_lower(graph, C, inset, ctx)
     pre = {name: ctx.bounds[name] for name in crown.activation_inputs(graph)}
     return BoxBounds(pre, lb.detach())
 
@@ -306,6 +400,7 @@ def crown_margin_lower(
 
 
 __all__ = [
+    "FLOAT_MODELS",
     "SAFETY_REL",
     "BoxBounds",
     "box_bounds",

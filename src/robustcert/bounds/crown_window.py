@@ -31,6 +31,9 @@ from robustcert.graph.ir import Graph, Node
 from robustcert.graph.ops import OPS
 
 ELEMENTWISE = ("normalize", "batchnorm", "add_const", "sub_const", "mul_const", "div_const", "identity")
+# Activations whose relaxation is per neuron (slopes shaped like the node): windows lay them out as they
+# lay out any per-neuron map. A max pool (gather + reduce_max) is not one: plan() falls back to dense.
+ELEMENTWISE_ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu")
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def plan(graph: Graph, target: str, ctx: Ctx) -> dict[str, Geo] | None:
                 return None
             kernel = (int(weight.shape[2]), int(weight.shape[3]))
             geo = _conv_geo(geo, kernel, a["stride"], a["padding"], a["dilation"])
-        elif cur.op not in ELEMENTWISE and cur.op not in ("relu", "sigmoid", "tanh"):
+        elif cur.op not in ELEMENTWISE and cur.op not in ELEMENTWISE_ACTIVATIONS:
             return None
         if len(cur.inputs) != 1:
             return None

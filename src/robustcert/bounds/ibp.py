@@ -2,21 +2,31 @@
 
 Each rule maps the interval(s) ``[lo, hi]`` of its input(s) to an interval containing every value the op
 can take on them. Affine ops use the centre/radius form ``L c ± |L| r`` (exact for one affine map over a
-box); monotone ops are applied to both ends. The rules are differentiable and dtype-agnostic (params
-are cast to the bounds' dtype), so the same table serves certification (float64) and training (float32).
+box); monotone ops are applied to both ends (gather, slice, permute, pad, max pool's ``reduce_max`` —
+each output is an input entry, a constant or a maximum of entries; LeakyReLU with a >= 0); concat joins
+the intervals; LeakyReLU with a < 0 and GELU are not monotone and use their extreme points. The rules
+are differentiable and dtype-agnostic (params are cast to the bounds' dtype), so the same table serves
+certification (float64) and training (float32).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from robustcert.bounds._affine import AFFINE_BACK
 from robustcert.bounds._common import Bounds, Ctx, InputSet, backward, concretize, forward_pass
 from robustcert.graph.ir import Graph, Node
-from robustcert.graph.ops import OPS, batchnorm_scale_shift, channel_view, param
+from robustcert.graph.ops import OPS, batchnorm_scale_shift, channel_view, gelu_divisor, param
+
+# GELU(t) = t Phi(t) has its minimum at t* = -0.75179152469356445... where it is
+# -0.16997120747990366...; the constant below is that minimum rounded DOWN (a valid lower bound).
+GELU_ARGMIN = -0.7517915246935645
+GELU_MIN_LOWER = -0.16997120747990370
 
 
 def _center_radius(b: Bounds) -> tuple[Tensor, Tensor]:
@@ -81,6 +91,38 @@ def ibp_add(node: Node, a: Bounds, b: Bounds) -> Bounds:
     return a[0] + b[0], a[1] + b[1]
 
 
+def ibp_leaky_relu(node: Node, b: Bounds) -> Bounds:
+    """Piecewise linear with one kink at 0: its extremes over [lo, hi] are at lo, hi, or 0 when lo < 0 < hi
+    (this covers negative slopes, where the op is not monotone)."""
+    f = OPS[node.op].forward
+    fl, fh = f(node, b[0]), f(node, b[1])
+    lo, hi = torch.minimum(fl, fh), torch.maximum(fl, fh)
+    straddle = (b[0] < 0) & (b[1] > 0)
+    zero = torch.zeros_like(lo)
+    return torch.where(straddle, torch.minimum(lo, zero), lo), torch.where(
+        straddle, torch.maximum(hi, zero), hi
+    )
+
+
+def ibp_gelu(node: Node, b: Bounds) -> Bounds:
+    """``f(x) = 0.5 x (1 + erf(x / c)) = (c / sqrt 2) GELU(x sqrt 2 / c)`` decreases up to
+    ``x* = t* c / sqrt 2`` and increases after it: the maximum over [lo, hi] is at an end; the minimum
+    is at an end unless lo < x* < hi, where it is the global minimum (c / sqrt 2) GELU(t*), used here
+    rounded down."""
+    f = OPS[node.op].forward
+    fl, fh = f(node, b[0]), f(node, b[1])
+    k = gelu_divisor(node) / math.sqrt(2.0)
+    x_star = GELU_ARGMIN * k
+    inner = (b[0] < x_star) & (b[1] > x_star)
+    lo = torch.where(inner, torch.full_like(fl, GELU_MIN_LOWER * k * (1 + 1e-12)), torch.minimum(fl, fh))
+    return lo, torch.maximum(fl, fh)
+
+
+def ibp_concat(node: Node, *bs: Bounds) -> Bounds:
+    d = int(node.params["dim"]) + 1
+    return torch.cat([b[0] for b in bs], dim=d), torch.cat([b[1] for b in bs], dim=d)
+
+
 RULES: dict[str, Callable[..., Bounds]] = {
     "linear": ibp_linear,
     "conv2d": ibp_conv2d,
@@ -98,6 +140,14 @@ RULES: dict[str, Callable[..., Bounds]] = {
     "mul_const": ibp_mul_const,
     "div_const": ibp_div_const,
     "add": ibp_add,
+    "leaky_relu": ibp_leaky_relu,
+    "gelu": ibp_gelu,
+    "gather": _monotone,  # copies entries
+    "reduce_max": _monotone,  # max is non-decreasing in every argument
+    "pad": _monotone,  # entries or the constant
+    "concat": ibp_concat,
+    "permute": _monotone,
+    "slice": _monotone,
 }
 
 assert set(RULES) == set(OPS) - {"input"}

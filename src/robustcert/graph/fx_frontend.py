@@ -4,8 +4,9 @@ The traced fx graph is walked once together with an example input (batch 2), so 
 concrete value: nodes that do not depend on the input (``x.size(0)``, constant tensors, ...) are folded to
 constants, and reshapes take their per-example shape from the example. Each input-dependent fx node
 must map to an op of :data:`robustcert.graph.ops.OPS`; anything else raises :class:`RobustCertError`
-naming the node, its type and the supported ops. The finished graph is checked against the module on
-the example input.
+naming the node, its type and the supported ops. A Softmax/LogSoftmax over the classes that is the
+model's last op is stripped (recorded in ``Graph.stripped`` and ``Graph.notes``). The finished graph is
+checked against the module on the example input.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -42,10 +43,18 @@ _SIGMOID = {torch.sigmoid, F.sigmoid}
 _TANH = {torch.tanh, F.tanh}
 _RESHAPE = {torch.flatten, torch.reshape}
 _IDENTITY = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.clone}
+_LEAKY = {F.leaky_relu, F.leaky_relu_}
+_MAXPOOL = {F.max_pool2d, torch.max_pool2d}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_SOFTMAX = {F.softmax: "softmax", torch.softmax: "softmax", F.log_softmax: "log_softmax"}
+_SOFTMAX |= {torch.log_softmax: "log_softmax"}
+_TRANSPOSE = {torch.transpose, torch.swapaxes, torch.swapdims}
 _METHOD_ARITH = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul"}
 _METHOD_ARITH |= {"div": "div", "div_": "div", "neg": "neg"}
 _METHOD_ACT = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
 _METHOD_RESHAPE = {"view", "reshape", "flatten"}
+_METHOD_TRANSPOSE = {"transpose", "swapaxes", "swapdims"}
+_METHOD_SOFTMAX = {"softmax": "softmax", "log_softmax": "log_softmax"}
 _METHOD_IDENTITY = {"contiguous", "clone", "float", "double", "detach"}
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 
@@ -148,6 +157,8 @@ def _trace(model: nn.Module, shape: tuple[int, ...], live: bool) -> Graph:
     val: dict[fx.Node, Any] = {}
     dyn: dict[fx.Node, str] = {}
     output_name: str | None = None
+    stripped: str | None = None
+    notes: list[str] = []
     with torch.no_grad():
         for n in fx_graph.nodes:
             if n.op == "placeholder":
@@ -167,10 +178,13 @@ def _trace(model: nn.Module, shape: tuple[int, ...], live: bool) -> Graph:
                         f"(got {type(out).__name__}); multiple outputs are not supported"
                     )
                 output_name = dyn[out]
+                stripped, notes = b.strip(out.name)
             else:
                 args = fx.node.map_arg(n.args, lambda a: val[a])
                 kwargs = fx.node.map_arg(n.kwargs, lambda a: val[a])
                 dyn_inputs = _dynamic_args(n, dyn)
+                for d in dyn_inputs:
+                    b.use(d.name, n.name, _refuser(n))
                 try:
                     if n.op == "call_module":
                         val[n] = model.get_submodule(str(n.target))(*args, **kwargs)
@@ -190,9 +204,26 @@ def _trace(model: nn.Module, shape: tuple[int, ...], live: bool) -> Graph:
                 if name is not None:
                     dyn[n] = name
     assert output_name is not None
-    graph = Graph(b.nodes, output_name, shape)
+    graph = Graph(b.nodes, output_name, shape, stripped, notes)
     _check_matches(model, graph, example)
     return graph
+
+
+def _refuser(n: fx.Node) -> Callable[[str], RobustCertError]:
+    """``why -> the unsupported-op error of n`` (for checks made by shared helpers)."""
+    return lambda why: _unsupported(n, _kind(n), why)
+
+
+def _kind(n: fx.Node) -> str:
+    """The type of an fx node for messages (module class, function or Tensor method)."""
+    if n.op == "call_module" and n.graph.owning_module is not None:
+        try:
+            return _type_name(n.graph.owning_module.get_submodule(str(n.target)))
+        except AttributeError:
+            pass
+    if n.op == "call_method":
+        return f"Tensor.{n.target}"
+    return _function_name(n.target)
 
 
 def _dynamic_args(n: fx.Node, dyn: dict[fx.Node, str]) -> list[fx.Node]:
@@ -204,7 +235,7 @@ def _dynamic_args(n: fx.Node, dyn: dict[fx.Node, str]) -> list[fx.Node]:
 def _check_matches(model: nn.Module, graph: Graph, example: Tensor) -> None:
     with torch.no_grad():
         ref = model(example)
-        got = graph.forward(example.to(torch.float64) if not graph_is_live(graph) else example)
+        got = graph.model_forward(example.to(torch.float64) if not graph_is_live(graph) else example)
     if not isinstance(ref, Tensor) or ref.shape != got.shape:
         raise RobustCertError("internal: the converted graph's output shape differs from the model's")
     scale = 1.0 + float(ref.abs().max())
@@ -237,7 +268,10 @@ def _convert(
     out = val[n]
     if n.op == "call_module":
         mod = b.model.get_submodule(str(n.target))
-        return _convert_module(b, n, mod, args, dyn_inputs, val, dyn)
+        name = _convert_module(b, n, mod, args, dyn_inputs, val, dyn)
+        if isinstance(mod, GraphNet) and mod.ir.stripped is not None:
+            b.head(n.name, mod.ir.stripped, n.name)
+        return name
     if n.op == "call_function":
         fn, kind = n.target, _function_name(n.target)
         first = n.args[0] if n.args else None
@@ -259,6 +293,61 @@ def _convert(
             return _unary(b, n, op, first, dyn, kind)
         if fn in _RESHAPE:
             return _reshape(b, n, first, val, dyn, kind)
+        if fn in _LEAKY:
+            _only_first_dynamic(n, dyn_inputs, first, kind)
+            a = dict(zip(["input", "negative_slope"], args, strict=False)) | kwargs
+            return _leaky(b, n, _alias(n, first, dyn, kind), a.get("negative_slope", 0.01))
+        if fn is F.gelu:
+            _only_first_dynamic(n, dyn_inputs, first, kind)
+            a = dict(zip(["input", "approximate"], args, strict=False)) | kwargs
+            return _gelu(b, n, _alias(n, first, dyn, kind), a.get("approximate", "none"), kind)
+        if fn in _MAXPOOL:
+            _only_first_dynamic(n, dyn_inputs, first, kind)
+            names = ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"]
+            a = dict(zip(names, args, strict=False)) | kwargs
+            if a.get("return_indices", False):
+                raise _unsupported(n, kind, "return_indices=True")
+            return _maxpool_node(
+                b,
+                n,
+                _alias(n, first, dyn, kind),
+                tuple(args[0].shape[1:]),
+                a["kernel_size"],
+                a.get("stride"),
+                a.get("padding", 0),
+                a.get("dilation", 1),
+                a.get("ceil_mode", False),
+                kind,
+            )
+        if fn is F.pad:
+            _only_first_dynamic(n, dyn_inputs, first, kind)
+            a = dict(zip(["input", "pad", "mode", "value"], args, strict=False)) | kwargs
+            if a.get("mode", "constant") != "constant":
+                raise _unsupported(n, kind, f"mode={a.get('mode')!r}; only constant padding is supported")
+            return _pad_node(b, n, _alias(n, first, dyn, kind), args[0], a["pad"], a.get("value"), kind)
+        if fn in _CAT:
+            a = dict(zip(["tensors", "dim"], args, strict=False)) | kwargs
+            raw = n.args[0] if n.args else n.kwargs.get("tensors")
+            return _concat(b, n, raw, a.get("dim", 0), val, dyn, kind)
+        if fn in _SOFTMAX:
+            _only_first_dynamic(n, dyn_inputs, first, kind)
+            a = dict(zip(["input", "dim"], args, strict=False)) | kwargs
+            return _softmax(b, n, _SOFTMAX[fn], first, a.get("dim"), val, dyn, kind)
+        if fn is torch.permute:
+            _only_first_dynamic(n, dyn_inputs, first, kind)
+            a = dict(zip(["input", "dims"], args, strict=False)) | kwargs
+            return _permute(b, n, first, list(a["dims"]), val, dyn, kind)
+        if fn in _TRANSPOSE:
+            _only_first_dynamic(n, dyn_inputs, first, kind)
+            a = _named(args, kwargs, ["input", "dim0", "dim1"], n, kind)
+            return _transpose(b, n, first, a["dim0"], a["dim1"], val, dyn, kind)
+        if fn is torch.narrow:
+            _only_first_dynamic(n, dyn_inputs, first, kind)
+            a = _named(args, kwargs, ["input", "dim", "start", "length"], n, kind)
+            return _narrow(b, n, first, a["dim"], a["start"], a["length"], val, dyn, kind)
+        if fn is operator.getitem and isinstance(out, Tensor):
+            _only_first_dynamic(n, dyn_inputs, first, kind)
+            return _getitem(b, n, first, args[1], val, dyn, kind)
         if fn in _IDENTITY:
             default = fn not in (torch.clone, F.alpha_dropout)
             if kwargs.get("training", args[2] if len(args) > 2 else default):
@@ -343,11 +432,236 @@ def _convert(
         return _unary(b, n, _METHOD_ACT[method], self_node, dyn, kind)
     if method in _METHOD_RESHAPE:
         return _reshape(b, n, self_node, val, dyn, kind)
+    if method in _METHOD_SOFTMAX:
+        _only_first_dynamic(n, dyn_inputs, self_node, kind)
+        a = dict(zip(["self", "dim"], args, strict=False)) | kwargs
+        return _softmax(b, n, _METHOD_SOFTMAX[method], self_node, a.get("dim"), val, dyn, kind)
+    if method == "permute":
+        _only_first_dynamic(n, dyn_inputs, self_node, kind)
+        rest = args[1:]
+        dims = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else list(rest)
+        return _permute(b, n, self_node, dims or list(kwargs.get("dims", [])), val, dyn, kind)
+    if method in _METHOD_TRANSPOSE:
+        _only_first_dynamic(n, dyn_inputs, self_node, kind)
+        a = _named(args, kwargs, ["self", "dim0", "dim1"], n, kind)
+        return _transpose(b, n, self_node, a["dim0"], a["dim1"], val, dyn, kind)
+    if method == "narrow":
+        _only_first_dynamic(n, dyn_inputs, self_node, kind)
+        a = _named(args, kwargs, ["self", "dim", "start", "length"], n, kind)
+        return _narrow(b, n, self_node, a["dim"], a["start"], a["length"], val, dyn, kind)
     if method in _METHOD_IDENTITY or (method == "to" and isinstance(out, Tensor) and out.is_floating_point()):
         return _alias(n, self_node, dyn, kind)
     if method in {"size", "dim"} and not isinstance(out, Tensor):
         return None
     raise _unsupported(n, kind)
+
+
+def _named(
+    args: tuple[Any, ...], kwargs: dict[str, Any], names: list[str], n: fx.Node, kind: str
+) -> dict[str, Any]:
+    """Positional and keyword arguments by name; every one of ``names`` must be given."""
+    a = dict(zip(names, args, strict=False)) | kwargs
+    missing = [k for k in names if k not in a]
+    if missing:
+        raise _unsupported(n, kind, f"argument {missing[0]!r} not given")
+    return a
+
+
+def _leaky(b: _Builder, n: fx.Node, x: str, slope: Any) -> str:
+    return b.add(n.name, "leaky_relu", [x], negative_slope=float(slope))
+
+
+def _gelu(b: _Builder, n: fx.Node, x: str, approximate: Any, kind: str) -> str:
+    if approximate != "none":
+        raise _unsupported(n, kind, f"approximate={approximate!r}; only the exact (erf) GELU is supported")
+    return b.add(n.name, "gelu", [x], divisor=None)
+
+
+def _maxpool_node(
+    b: _Builder,
+    n: fx.Node,
+    x: str,
+    in_shape: tuple[int, ...],
+    kernel: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    ceil_mode: Any,
+    kind: str,
+) -> str:
+    k = _pair(kernel)
+    st = k if stride is None or stride == [] or stride == () else _pair(stride)
+    p = _pair(padding)
+    return b.maxpool(
+        n.name,
+        x,
+        in_shape,
+        k,
+        st,
+        (p[0], p[1], p[0], p[1]),
+        _pair(dilation),
+        bool(ceil_mode),
+        lambda why: _unsupported(n, kind, why),
+    )
+
+
+def _pad_node(b: _Builder, n: fx.Node, x: str, before: Tensor, pad: Any, value: Any, kind: str) -> str:
+    amounts = [int(a) for a in pad]
+    nd = before.ndim - 1
+    if len(amounts) % 2 or len(amounts) // 2 > nd:
+        raise _unsupported(n, kind, f"pad {tuple(amounts)} would pad the batch dimension")
+    pads = [(0, 0)] * nd
+    for i in range(len(amounts) // 2):
+        pads[nd - 1 - i] = (amounts[2 * i], amounts[2 * i + 1])
+    return b.add(n.name, "pad", [x], pads=tuple(pads), value=0.0 if value is None else float(value))
+
+
+def _concat(
+    b: _Builder, n: fx.Node, raw: Any, dim: Any, val: dict[fx.Node, Any], dyn: dict[fx.Node, str], kind: str
+) -> str:
+    parts = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    if not all(isinstance(p, fx.Node) and p in dyn for p in parts):
+        raise _unsupported(n, kind, "every concatenated tensor must depend on the input (no constant parts)")
+    ndim = val[n].ndim
+    d = int(dim) % ndim
+    if d == 0:
+        raise _unsupported(n, kind, "concatenation along the batch dimension")
+    return b.add(n.name, "concat", [dyn[p] for p in parts], dim=d - 1)
+
+
+def _softmax(
+    b: _Builder,
+    n: fx.Node,
+    op: str,
+    src: Any,
+    dim: Any,
+    val: dict[fx.Node, Any],
+    dyn: dict[fx.Node, str],
+    kind: str,
+) -> str:
+    """Softmax / LogSoftmax over the classes of [batch, classes] logits: an alias of its input, recorded
+    as a head that is stripped if it is the model's output (and refused anywhere else)."""
+    x = _alias(n, src, dyn, kind)
+    ndim = val[src].ndim
+    if dim is None:  # torch's legacy implicit dim
+        dim = 0 if ndim in (0, 1, 3) else 1
+    if ndim != 2 or int(dim) % ndim != 1:
+        raise _unsupported(
+            n, kind, f"{op} over dim {dim} of a {ndim}-D tensor; only over the classes of [batch, classes]"
+        )
+    b.head(n.name, op, n.name)
+    return x
+
+
+def _permute(
+    b: _Builder,
+    n: fx.Node,
+    src: Any,
+    dims: list[Any],
+    val: dict[fx.Node, Any],
+    dyn: dict[fx.Node, str],
+    kind: str,
+) -> str:
+    x = _alias(n, src, dyn, kind)
+    ndim = val[src].ndim
+    perm = [int(d) % ndim for d in dims]
+    if sorted(perm) != list(range(ndim)) or perm[0] != 0:
+        raise _unsupported(n, kind, f"permutation {tuple(dims)} moves the batch dimension")
+    if perm == list(range(ndim)):
+        return x
+    return b.add(n.name, "permute", [x], perm=tuple(p - 1 for p in perm[1:]))
+
+
+def _transpose(
+    b: _Builder,
+    n: fx.Node,
+    src: Any,
+    d0: Any,
+    d1: Any,
+    val: dict[fx.Node, Any],
+    dyn: dict[fx.Node, str],
+    kind: str,
+) -> str:
+    ndim = val[src].ndim
+    perm = list(range(ndim))
+    i, j = int(d0) % ndim, int(d1) % ndim
+    perm[i], perm[j] = perm[j], perm[i]
+    return _permute(b, n, src, perm, val, dyn, kind)
+
+
+def _slices_node(
+    b: _Builder, n: fx.Node, x: str, shape: tuple[int, ...], slices: list[tuple[int, int, int]], kind: str
+) -> str:
+    """A slice node for per-example ``slices`` (one (start, stop, step) per dim, already normalised),
+    or ``x`` itself when nothing is cut."""
+    if any(stop <= start for start, stop, _ in slices):
+        raise _unsupported(n, kind, "the slice is empty")
+    if all(s == (0, size, 1) for s, size in zip(slices, shape, strict=True)):
+        return x
+    return b.add(n.name, "slice", [x], slices=tuple(slices))
+
+
+def _narrow(
+    b: _Builder,
+    n: fx.Node,
+    src: Any,
+    dim: Any,
+    start: Any,
+    length: Any,
+    val: dict[fx.Node, Any],
+    dyn: dict[fx.Node, str],
+    kind: str,
+) -> str:
+    x = _alias(n, src, dyn, kind)
+    shape = tuple(val[src].shape)
+    d = int(dim) % len(shape)
+    if d == 0:
+        raise _unsupported(n, kind, "narrowing the batch dimension")
+    s0 = int(start) % shape[d] if int(start) < 0 else int(start)
+    slices = [(0, size, 1) for size in shape[1:]]
+    slices[d - 1] = (s0, s0 + int(length), 1)
+    return _slices_node(b, n, x, shape[1:], slices, kind)
+
+
+def _getitem(
+    b: _Builder, n: fx.Node, src: Any, index: Any, val: dict[fx.Node, Any], dyn: dict[fx.Node, str], kind: str
+) -> str:
+    """Basic indexing ``x[:, ...]`` with slices, ints, ``...`` and None on the non-batch dims: a slice
+    node, then a reshape for the dims an int drops or a None adds."""
+    x = _alias(n, src, dyn, kind)
+    before, after = val[src], val[n]
+    items = list(index) if isinstance(index, tuple) else [index]
+    if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items):
+        raise _unsupported(n, kind, "only basic indexing (slices, ints, ..., None) is supported")
+    if any(
+        isinstance(i, slice) and not all(isinstance(v, (int, type(None))) for v in (i.start, i.stop, i.step))
+        for i in items
+    ):
+        raise _unsupported(n, kind, "slice bounds must be constant ints")
+    used = sum(1 for i in items if i is not None and i is not Ellipsis)
+    if Ellipsis in items:
+        k = items.index(Ellipsis)
+        items[k : k + 1] = [slice(None)] * (before.ndim - used)
+    items += [slice(None)] * (before.ndim - sum(1 for i in items if i is not None))
+    if not items or items[0] != slice(None):
+        raise _unsupported(n, kind, "the index touches the batch dimension")
+    dims = [i for i in items if i is not None]
+    slices: list[tuple[int, int, int]] = []
+    for item, size in zip(dims[1:], before.shape[1:], strict=True):
+        if isinstance(item, int):
+            i = item + size if item < 0 else item
+            slices.append((i, i + 1, 1))
+        else:
+            start, stop, step = item.indices(size)
+            if step <= 0:
+                raise _unsupported(n, kind, "slices need a positive step")
+            slices.append((start, max(stop, start), step))
+    name = _slices_node(b, n, x, tuple(before.shape[1:]), slices, kind)
+    per = tuple(after.shape[1:])
+    sliced = tuple(len(range(s, e, st)) for s, e, st in slices)
+    if per == sliced:
+        return name
+    return b.add(f"{n.name}.shape" if name != x else n.name, "reshape", [name], shape=per)
 
 
 def _only_first_dynamic(n: fx.Node, dyn_inputs: list[fx.Node], first: Any, kind: str) -> None:
@@ -541,6 +855,40 @@ def _convert_module(
         return _conv_node(b, n.name, x, mod.weight, mod.bias, mod.stride, padding, mod.dilation, mod.groups)
     if type(mod) in (nn.ReLU, nn.Sigmoid, nn.Tanh):
         return b.add(n.name, type(mod).__name__.lower(), [x])
+    if type(mod) is nn.LeakyReLU:
+        return _leaky(b, n, x, mod.negative_slope)
+    if type(mod) is nn.GELU:
+        return _gelu(b, n, x, mod.approximate, kind)
+    if type(mod) is nn.MaxPool2d:
+        if mod.return_indices:
+            raise _unsupported(n, kind, "return_indices=True")
+        return _maxpool_node(
+            b,
+            n,
+            x,
+            tuple(val[src].shape[1:]),
+            mod.kernel_size,
+            mod.stride,
+            mod.padding,
+            mod.dilation,
+            mod.ceil_mode,
+            kind,
+        )
+    if type(mod) is nn.AdaptiveMaxPool2d:
+        if mod.return_indices:
+            raise _unsupported(n, kind, "return_indices=True")
+        h, w = val[src].shape[-2:]
+        size = mod.output_size if isinstance(mod.output_size, (tuple, list)) else (mod.output_size,) * 2
+        oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
+        if val[src].ndim == 4 and oh and ow and h % oh == 0 and w % ow == 0:
+            k = (h // oh, w // ow)
+            return _maxpool_node(b, n, x, tuple(val[src].shape[1:]), k, k, 0, 1, False, kind)
+        raise _unsupported(n, kind, f"output size {(oh, ow)} does not divide the input size {(h, w)}")
+    if isinstance(mod, nn.modules.padding._ConstantPadNd):
+        return _pad_node(b, n, x, val[src], mod.padding, mod.value, kind)
+    if type(mod) in (nn.Softmax, nn.LogSoftmax):
+        op = "softmax" if type(mod) is nn.Softmax else "log_softmax"
+        return _softmax(b, n, op, src, mod.dim, val, dyn, kind)
     if isinstance(mod, (nn.Flatten, nn.Unflatten)):
         return _reshape(b, n, src, val, dyn, kind)
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -575,10 +923,14 @@ def _convert_module(
 
 
 def _inline(b: _Builder, prefix: str, x: str, graph: Graph) -> str:
-    """Copy a GraphNet's nodes into the graph under construction (its input becomes ``x``)."""
+    """Copy a GraphNet's nodes into the graph under construction (its input becomes ``x``); its stripped
+    head, if any, is recorded by the caller."""
     rename = {graph.input_name: x}
     for node in graph.nodes[1:]:
-        params = {k: (b.tensor(v) if isinstance(v, Tensor) else v) for k, v in node.params.items()}
+        params = {
+            k: (b.tensor(v) if isinstance(v, Tensor) and v.is_floating_point() else v)
+            for k, v in node.params.items()
+        }
         rename[node.name] = b.add(
             f"{prefix}.{node.name}", node.op, [rename[i] for i in node.inputs], **params
         )

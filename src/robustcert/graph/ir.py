@@ -22,17 +22,30 @@ class Node:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+# Ops a front end may strip from the end of a model: a monotone map of each example's logits that keeps
+# their argmax (and the sign of every margin f_y - f_j), so certifying the logits certifies the model.
+STRIPPABLE = ("softmax", "log_softmax")
+
+
 @dataclass
 class Graph:
     """A feed-forward DAG with one input node (``nodes[0]``, op ``input``) and one output node.
 
     ``input_shape`` is the per-example input shape (no batch dimension). ``forward`` evaluates the
     graph exactly as its ops define it, batched, in the dtype of ``x``.
+
+    ``stripped`` names an op the front end removed from the end of the source model (``"softmax"`` or
+    ``"log_softmax"`` over the classes, or None): the graph's output, and so every bound computed on
+    it, is the logits before that op, which have the same argmax; :meth:`model_forward` re-applies it
+    to reproduce the source model. ``notes`` are human-readable remarks about the conversion (such as
+    that stripping) for a report to show.
     """
 
     nodes: list[Node]
     output: str
     input_shape: tuple[int, ...]
+    stripped: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(s) for s in self.input_shape)
@@ -60,6 +73,10 @@ class Graph:
             seen.add(node.name)
         if self.output not in seen:
             raise RobustCertError(f"graph: output {self.output!r} is not a node")
+        if self.stripped is not None and self.stripped not in STRIPPABLE:
+            raise RobustCertError(
+                f"graph: stripped op {self.stripped!r} is not one of {', '.join(STRIPPABLE)}"
+            )
 
     @property
     def input_name(self) -> str:
@@ -110,6 +127,15 @@ class Graph:
 
     __call__ = forward
 
+    def model_forward(self, x: Tensor) -> Tensor:
+        """The source model's output: :meth:`forward` followed by the stripped op (if any) over dim 1."""
+        out = self.forward(x)
+        if self.stripped == "softmax":
+            return torch.softmax(out, dim=1)
+        if self.stripped == "log_softmax":
+            return torch.log_softmax(out, dim=1)
+        return out
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-example shape of every node (evaluated on one zero input in float64)."""
         with torch.no_grad():
@@ -136,7 +162,8 @@ class Graph:
         return seen
 
     def __repr__(self) -> str:
-        lines = [f"Graph(input_shape={self.input_shape}, output={self.output!r})"]
+        head = f", stripped={self.stripped!r}" if self.stripped else ""
+        lines = [f"Graph(input_shape={self.input_shape}, output={self.output!r}{head})"]
         for n in self.nodes:
             attrs = {k: v for k, v in n.params.items() if not isinstance(v, Tensor)}
             tensors = {k: tuple(v.shape) for k, v in n.params.items() if isinstance(v, Tensor)}
@@ -147,8 +174,9 @@ class Graph:
 class GraphNet(nn.Module):
     """A ``torch.nn.Module`` that runs a :class:`Graph` (what :func:`load_onnx` returns).
 
-    It has no trainable parameters; ``forward`` evaluates the graph in the input's dtype, so gradients
-    with respect to the input work (attacks) and every robustcert method accepts it.
+    It has no trainable parameters; ``forward`` evaluates the graph in the input's dtype (with the
+    stripped last op re-applied, so it reproduces the source model), so gradients with respect to the
+    input work (attacks) and every robustcert method accepts it. Bound methods use ``self.ir``.
     """
 
     def __init__(self, graph: Graph) -> None:
@@ -160,7 +188,7 @@ class GraphNet(nn.Module):
         return self.ir.input_shape
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.ir.forward(x)
+        return self.ir.model_forward(x)
 
     def extra_repr(self) -> str:
         return f"input_shape={self.ir.input_shape}, nodes={len(self.ir.nodes)}"

@@ -4,7 +4,10 @@ Nodes whose inputs are all constants (initializers, ``Constant``, ``Shape`` of a
 ``Gather``/``Unsqueeze``/``Concat``... as emitted for ``x.view(x.size(0), -1)``) are folded. Every node that
 depends on the graph input must map to an op of :data:`robustcert.graph.ops.OPS`; any other op raises
 :class:`RobustCertError` naming the ONNX node, its op type and the supported ops. Shapes are followed
-on an example input so reshapes get their per-example target shape.
+on an example input so reshapes get their per-example target shape. The exact GELU written out as
+``0.5 x (1 + erf(x / c))`` (what exporters emit below opset 20) becomes one gelu node keeping the stored
+``c``; a Softmax/LogSoftmax over the classes that produces the model's output is stripped (recorded in
+``Graph.stripped`` and ``Graph.notes``).
 """
 
 from __future__ import annotations
@@ -80,6 +83,11 @@ def _unsupported(node: onnx.NodeProto, why: str = "") -> RobustCertError:
         f"unsupported op at ONNX node {_node_label(node)!r} (type ONNX {node.op_type}){extra}; "
         f"{supported_ops_text('onnx')}"
     )
+
+
+def _refuser(node: onnx.NodeProto) -> Callable[[str], RobustCertError]:
+    """``why -> the unsupported-op error of node`` (for checks made by shared helpers)."""
+    return lambda why: _unsupported(node, why)
 
 
 def _int_list(v: Tensor | Sequence[int]) -> list[int]:
@@ -165,13 +173,103 @@ def _fold(node: onnx.NodeProto, ins: list[Tensor | None], at: dict[str, Any]) ->
         starts, ends = _int_list(_arg(node, ins, 1)), _int_list(_arg(node, ins, 2))
         axes = _int_list(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
         steps = _int_list(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
-        index: list[Any] = [slice(None)] * x.ndim
         for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-            if st <= 0:
-                raise _unsupported(node, "negative slice steps on constants")
-            index[a % x.ndim] = slice(s, e, st)
-        return [x[tuple(index)]]
+            if st == 0:
+                raise _unsupported(node, "slice step 0")
+            # ONNX clamps like Python's slice.indices (for either step sign): take those positions
+            ax = a % x.ndim
+            keep = torch.tensor(list(range(*slice(s, e, st).indices(x.shape[ax]))), dtype=torch.int64)
+            x = torch.index_select(x, ax, keep)
+        return [x]
     raise _unsupported(node, "not supported on constants")
+
+
+def _static_values(g: onnx.GraphProto, consts: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Initializers and the values of ``Constant`` nodes (known before the main pass)."""
+    out = dict(consts)
+    for node in g.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            try:
+                out[node.output[0]] = _fold(node, [], _attrs(node))[0]
+            except RobustCertError:
+                continue
+    return out
+
+
+def _gelu_patterns(
+    g: onnx.GraphProto, static: dict[str, Tensor]
+) -> dict[int, tuple[str, float, frozenset[int]]]:
+    """Find ``0.5 * x * (1 + erf(x / c))`` written out with Div (or Mul by 1/c), Erf, Add and two Muls,
+    in any of the usual orders, whose intermediate values have no other reader.
+
+    Returns ``{index of the last node: (x, c, indices of the other nodes of the pattern)}``; c > 0."""
+    nodes = list(g.node)
+    producer: dict[str, int] = {o: i for i, nd in enumerate(nodes) for o in nd.output if o}
+    readers: dict[str, list[int]] = {}
+    for i, nd in enumerate(nodes):
+        for name in nd.input:
+            readers.setdefault(name, []).append(i)
+    for out in g.output:
+        readers.setdefault(out.name, []).append(-1)
+
+    def scalar(name: str) -> float | None:
+        t = static.get(name)
+        return float(t.flatten()[0]) if t is not None and t.numel() == 1 else None
+
+    def only(value: str, op_type: str) -> int | None:
+        r = readers.get(value, [])
+        return r[0] if len(r) == 1 and r[0] >= 0 and nodes[r[0]].op_type == op_type else None
+
+    def other(i: int, value: str) -> str | None:
+        ins = list(nodes[i].input)
+        if len(ins) != 2 or ins.count(value) != 1:
+            return None
+        return ins[1 - ins.index(value)]
+
+    found: dict[int, tuple[str, float, frozenset[int]]] = {}
+    for ei, erf in enumerate(nodes):
+        if erf.op_type != "Erf" or len(erf.input) != 1 or erf.input[0] not in producer:
+            continue
+        pi = producer[erf.input[0]]
+        pre = nodes[pi]
+        if only(erf.input[0], "Erf") != ei or len(pre.input) != 2:
+            continue
+        c: float | None = None
+        x = ""
+        if pre.op_type == "Div" and scalar(pre.input[1]) is not None:
+            x, c = pre.input[0], scalar(pre.input[1])
+        elif pre.op_type == "Mul":
+            for k in (0, 1):
+                m = scalar(pre.input[k])
+                if m is not None and m != 0.0:
+                    x, c = pre.input[1 - k], 1.0 / m
+                    break
+        if c is None or not c > 0 or not np.isfinite(c):
+            continue
+        ai = only(erf.output[0], "Add")
+        if ai is None or scalar(other(ai, erf.output[0]) or "") != 1.0:
+            continue
+        a_out = nodes[ai].output[0]
+        mi = only(a_out, "Mul")
+        if mi is None:
+            continue
+        o = other(mi, a_out)
+        if o is None:
+            continue
+        m_out = nodes[mi].output[0]
+        if o == x:  # (x * (1 + erf)) * 0.5
+            hi = only(m_out, "Mul")
+            if hi is not None and scalar(other(hi, m_out) or "") == 0.5:
+                found[hi] = (x, c, frozenset({pi, ei, ai, mi}))
+        elif scalar(o) == 0.5:  # ((1 + erf) * 0.5) * x
+            hi = only(m_out, "Mul")
+            if hi is not None and other(hi, m_out) == x:
+                found[hi] = (x, c, frozenset({pi, ei, ai, mi}))
+        elif o in producer:  # (x * 0.5) * (1 + erf)
+            hi = producer[o]
+            if only(o, "Mul") == mi and nodes[hi].op_type == "Mul" and scalar(other(hi, x) or "") == 0.5:
+                found[mi] = (x, c, frozenset({pi, ei, ai, hi}))
+    return found
 
 
 def _reshape_target(shape: Sequence[int], target: list[int], allowzero: bool) -> list[int]:
@@ -233,11 +331,22 @@ def graph_from_onnx(
     ex: dict[str, Tensor] = {dyn[inputs[0].name]: example}  # example value of every IR node
     val: dict[str, Tensor] = {inputs[0].name: example}  # example value of every dynamic ONNX value
     used = {n for node in g.node for n in node.input} | {o.name for o in g.output}
-    for node in g.node:
+    gelus = _gelu_patterns(g, _static_values(g, consts))
+    in_gelu = {i: end for end, (_, _, parts) in gelus.items() for i in parts}
+    for index, node in enumerate(g.node):
         if node.domain not in ("", "ai.onnx"):
             raise _unsupported(node, f"custom domain {node.domain!r}")
         at = _attrs(node)
         names = list(node.input)
+        if index in in_gelu and gelus[in_gelu[index]][0] in dyn:
+            continue  # inside a GELU pattern on an input-dependent x: emitted at its last node
+        if index in gelus and gelus[index][0] in dyn:
+            x_name, divisor, _ = gelus[index]
+            b.use(x_name, _node_label(node), _refuser(node))
+            ir = b.add(_safe(node.name or node.output[0]), "gelu", [dyn[x_name]], divisor=divisor)
+            ex[ir] = OPS["gelu"].forward(b.nodes[-1], ex[dyn[x_name]])
+            dyn[node.output[0]], val[node.output[0]] = ir, ex[ir]
+            continue
         if not any(n in dyn for n in names):
             missing = [n for n in names if n and n not in consts]
             if missing:
@@ -248,6 +357,12 @@ def graph_from_onnx(
             continue
         if node.op_type == "Shape":
             consts[node.output[0]] = torch.tensor(list(val[names[0]].shape), dtype=torch.int64)
+            continue
+        for name in names:
+            if name in dyn:
+                b.use(name, _node_label(node), _refuser(node))
+        if node.op_type in ("Softmax", "LogSoftmax"):
+            _softmax_head(b, node, at, names, dyn, val)
             continue
         n_before = len(b.nodes)
         ir_name = _convert(b, node, at, names, dyn, val, consts)
@@ -263,7 +378,31 @@ def graph_from_onnx(
     out_name = g.output[0].name
     if out_name not in dyn:
         raise RobustCertError("the ONNX model's output does not depend on its input")
-    return Graph(b.nodes, dyn[out_name], shape)
+    stripped, notes = b.strip(out_name)
+    return Graph(b.nodes, dyn[out_name], shape, stripped, notes)
+
+
+def _softmax_head(
+    b: Builder,
+    node: onnx.NodeProto,
+    at: dict[str, Any],
+    names: list[str],
+    dyn: dict[str, str],
+    val: dict[str, Tensor],
+) -> None:
+    """Softmax / LogSoftmax over the classes of [batch, classes] logits: an alias of its input, recorded
+    as a head that is stripped if it is the model's output (and refused anywhere else)."""
+    if not names or names[0] not in dyn:
+        raise _unsupported(node, "its input must be the input-dependent tensor")
+    v = val[names[0]]
+    axis = int(at.get("axis", -1))
+    if v.ndim != 2 or axis % 2 != 1:
+        raise _unsupported(
+            node, f"axis {axis} of a {v.ndim}-D tensor; only over the classes of [batch, classes]"
+        )
+    op = "softmax" if node.op_type == "Softmax" else "log_softmax"
+    b.head(node.output[0], op, _node_label(node))
+    dyn[node.output[0]], val[node.output[0]] = dyn[names[0]], v
 
 
 def _safe(name: str) -> str:
@@ -302,6 +441,49 @@ def _convert(
 
     if op in {"Relu", "Sigmoid", "Tanh"}:
         return b.add(label, op.lower(), [first_dyn()])
+    if op == "LeakyRelu":
+        return b.add(label, "leaky_relu", [first_dyn()], negative_slope=float(at.get("alpha", 0.01)))
+    if op == "Gelu":
+        if at.get("approximate", "none") != "none":
+            raise _unsupported(
+                node, f"approximate={at['approximate']!r}; only the exact (erf) GELU is supported"
+            )
+        return b.add(label, "gelu", [first_dyn()], divisor=None)
+    if op == "Erf":
+        raise _unsupported(node, "Erf is supported only inside the GELU pattern 0.5 * x * (1 + erf(x / c))")
+    if op in {"MaxPool", "GlobalMaxPool"}:
+        return _maxpool(b, node, label, at, first_dyn(), tuple(val[names[0]].shape[1:]))
+    if op == "Pad":
+        return _pad(b, node, label, at, first_dyn(), val[names[0]].ndim, const)
+    if op == "Concat":
+        if not all(n in dyn for n in names if n):
+            raise _unsupported(node, "every input must depend on the graph input (no constant parts)")
+        rank = val[names[0]].ndim
+        axis = int(at["axis"]) % rank
+        if axis == 0:
+            raise _unsupported(node, "concatenation along the batch axis")
+        return b.add(label, "concat", [dyn[n] for n in names if n], dim=axis - 1)
+    if op == "Transpose":
+        x = first_dyn()
+        rank = val[names[0]].ndim
+        perm = [int(p) % rank for p in at.get("perm", list(reversed(range(rank))))]
+        if sorted(perm) != list(range(rank)) or perm[0] != 0:
+            raise _unsupported(node, f"perm {perm} moves the batch axis")
+        if perm == list(range(rank)):
+            return x
+        return b.add(label, "permute", [x], perm=tuple(p - 1 for p in perm[1:]))
+    if op == "Slice":
+        return _slice(b, node, label, at, first_dyn(), tuple(val[names[0]].shape), const, need)
+    if op == "Gather":
+        # constant indices on a non-batch axis: the same Gather applied to the map of flat positions
+        x = first_dyn()
+        rank = val[names[0]].ndim
+        if int(at.get("axis", 0)) % rank == 0:
+            raise _unsupported(node, "gathering along the batch axis")
+        per = tuple(val[names[0]].shape[1:])
+        positions = torch.arange(int(np.prod(per)), dtype=torch.int64).reshape((1,) + per)
+        index = _fold(node, [positions, need(1)], at)[0][0]
+        return b.add(label, "gather", [x], index=index.contiguous())
     if op in {"Identity"}:
         return first_dyn()
     if op == "Dropout":
@@ -470,3 +652,125 @@ def _arith(
     if not a_dyn:
         raise _unsupported(node, "division by an input-dependent tensor is not affine")
     return b.add(label, "div_const", [x], value=value)
+
+
+def _maxpool(
+    b: Builder, node: onnx.NodeProto, label: str, at: dict[str, Any], x: str, in_shape: tuple[int, ...]
+) -> str:
+    if len(in_shape) != 3:
+        raise _unsupported(node, "only 2-D pooling is supported")
+    size = in_shape[1:]
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dil: tuple[int, ...]
+    pads: tuple[int, ...]
+    if node.op_type == "GlobalMaxPool":
+        kernel, strides, dil, pads, ceil = size, size, (1, 1), (0, 0, 0, 0), False
+    else:
+        kernel = tuple(int(k) for k in at["kernel_shape"])
+        if len(kernel) != 2:
+            raise _unsupported(node, "only 2-D pooling is supported")
+        strides = tuple(int(s) for s in at.get("strides", [1, 1]))
+        dil = tuple(int(d) for d in at.get("dilations", [1, 1]))
+        ceil = bool(at.get("ceil_mode", 0))
+        mode = at.get("auto_pad", "NOTSET")
+        if mode in ("NOTSET", ""):
+            pads = tuple(int(p) for p in at.get("pads", [0, 0, 0, 0]))
+        elif mode == "VALID":
+            pads = (0, 0, 0, 0)
+        elif mode in ("SAME_UPPER", "SAME_LOWER"):
+            before, after = [], []
+            for n, k, s, d in zip(size, kernel, strides, dil, strict=True):
+                total = max(0, (-(-n // s) - 1) * s + d * (k - 1) + 1 - n)
+                small = total // 2
+                before.append(small if mode == "SAME_UPPER" else total - small)
+                after.append(total - before[-1])
+            pads = (before[0], before[1], after[0], after[1])
+            ceil = False
+        else:
+            raise _unsupported(node, f"auto_pad={mode}")
+        if len(pads) != 4:
+            raise _unsupported(node, f"pads {pads}")
+    return b.maxpool(
+        label,
+        x,
+        in_shape,
+        (int(kernel[0]), int(kernel[1])),
+        (int(strides[0]), int(strides[1])),
+        (pads[0], pads[1], pads[2], pads[3]),
+        (int(dil[0]), int(dil[1])),
+        ceil,
+        lambda why: _unsupported(node, why),
+    )
+
+
+def _pad(
+    b: Builder,
+    node: onnx.NodeProto,
+    label: str,
+    at: dict[str, Any],
+    x: str,
+    rank: int,
+    const: Callable[[int], Tensor | None],
+) -> str:
+    mode = at.get("mode", "constant")
+    if mode != "constant":
+        raise _unsupported(node, f"mode={mode!r}; only constant padding is supported")
+    if "pads" in at:  # opset < 11: attributes
+        amounts, value = [int(p) for p in at["pads"]], float(at.get("value", 0.0))
+        axes = list(range(rank))
+    else:
+        given = const(1)
+        if given is None:
+            raise _unsupported(node, "the pads input is missing")
+        amounts = _int_list(given)
+        cv = const(2)
+        value = float(cv.flatten()[0]) if cv is not None and cv.numel() else 0.0
+        ax = const(3)
+        axes = [int(a) % rank for a in _int_list(ax)] if ax is not None else list(range(rank))
+    if len(amounts) != 2 * len(axes):
+        raise _unsupported(node, f"{len(amounts)} pads for {len(axes)} axes")
+    full = [(0, 0)] * rank
+    for i, a in enumerate(axes):
+        full[a] = (amounts[i], amounts[i + len(axes)])
+    if full[0] != (0, 0):
+        raise _unsupported(node, "padding the batch axis")
+    if all(p == (0, 0) for p in full):
+        return x
+    return b.add(label, "pad", [x], pads=tuple(full[1:]), value=value)
+
+
+def _slice(
+    b: Builder,
+    node: onnx.NodeProto,
+    label: str,
+    at: dict[str, Any],
+    x: str,
+    shape: tuple[int, ...],
+    const: Callable[[int], Tensor | None],
+    need: Callable[[int], Tensor],
+) -> str:
+    rank = len(shape)
+    if "starts" in at:  # opset < 10: attributes
+        starts, ends = [int(v) for v in at["starts"]], [int(v) for v in at["ends"]]
+        axes = [int(v) for v in at.get("axes", range(len(starts)))]
+        steps = [1] * len(starts)
+    else:
+        starts, ends = _int_list(need(1)), _int_list(need(2))
+        ax, st = const(3), const(4)
+        axes = _int_list(ax) if ax is not None else list(range(len(starts)))
+        steps = _int_list(st) if st is not None else [1] * len(starts)
+    slices = [(0, size, 1) for size in shape[1:]]
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        a = axis % rank
+        if a == 0:
+            raise _unsupported(node, "slicing the batch axis")
+        if step <= 0:
+            raise _unsupported(node, "slices need a positive step")
+        lo, hi, _ = slice(start, end, step).indices(shape[a])
+        if hi <= lo:
+            raise _unsupported(node, "the slice is empty")
+        slices[a - 1] = (lo, hi, step)
+    if all(s == (0, size, 1) for s, size in zip(slices, shape[1:], strict=True)):
+        return x
+    return b.add(label, "slice", [x], slices=tuple(slices))

@@ -1,8 +1,9 @@
 """Bound propagation certifiers: IBP, CROWN and α-CROWN (``robustcert.bounds``).
 
 A row at budget eps is ``certified`` only if the example is classified correctly and every margin lower
-bound f_y − f_j (j ≠ y) over the ball ∩ input domain is > 0; the bounds are sound for the network in
-real arithmetic with a float rounding margin (see ``robustcert.bounds._soundness``).
+bound f_y − f_j (j ≠ y) over the ball ∩ input domain is > 0; the bounds hold for the model's float32
+evaluation (``float_model="float32"``, default) or the real-valued network (``"real"``), float64 rounding
+of the bound computation included (see ``robustcert.bounds._soundness``). Rows record ``float_model``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from robustcert.rows import BoundRow, Row
 @dataclass(frozen=True, kw_only=True)
 class BoundParams(BudgetParams):
     batch: int = param(32, help="examples bounded together", min=1)
+    float_model: str = param(
+        "float32",
+        help="the network certified: its float32 evaluation (any summation order) or the real-valued one",
+        choices=("float32", "real"),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +61,14 @@ class BoundCertifier:
         out: list[list[Row]] = [[] for _ in ys]
         for eps in self.params.eps:
             m = margin_lower(
-                self.graph, xs, labels, eps=eps, norm=self.params.norm, method=self.method, **self.options
+                self.graph,
+                xs,
+                labels,
+                eps=eps,
+                norm=self.params.norm,
+                method=self.method,
+                float_model=self.params.float_model,
+                **self.options,
             )
             worst = m.min(dim=1).values.tolist()
             for k, (index, y, pred) in enumerate(zip(indices, ys, preds, strict=True)):
@@ -70,6 +83,7 @@ class BoundCertifier:
                         norm=self.params.norm,
                         eps=float(eps),
                         margin_lower=float(worst[k]),
+                        float_model=self.params.float_model,
                     )
                 )
         return out
