@@ -94,7 +94,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_options(parser: argparse.ArgumentParser, out: str) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="model directory (model.pt + model.json)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a robustcert model directory (model.pt + model.json), an .onnx file, or module:function "
+        "returning an nn.Module (inputs in [0, 1]; give --dataset for a file)",
+    )
     parser.add_argument("--dataset", help="digits | fashion-mnist | npz:PATH (default: the model's)")
     parser.add_argument("--split", default="test", choices=("train", "test"), help="data split")
     parser.add_argument("--data-dir", type=Path, help="directory of the data set's files (fashion-mnist)")

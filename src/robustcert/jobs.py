@@ -23,43 +23,44 @@ EVALUATE_FILE = "evaluate.json"  # marks an evaluate (report card) directory
 
 @dataclass
 class LoadedModel:
-    """A model ready for every method: the module in eval mode, what methods may know of it, and the
-    file that pins it (its sha256 goes into run.json)."""
+    """A model ready for every method: the module in eval mode, what methods may know of it, where it came
+    from and the fingerprint that pins it (its sha256 goes into run.json)."""
 
     module: nn.Module
     info: ModelInfo
-    source: Path
+    source: str
+    kind: str
     sha256: str
 
 
-def load_run_model(model_dir: Path) -> LoadedModel:
-    """Load a robustcert model directory (model.pt + model.json)."""
-    from robustcert.models import file_sha256, load_model
+def load_run_model(model: str | Path, data: Any) -> LoadedModel:
+    """Load ``--model`` (a model directory, an ``.onnx`` file or ``module:function``) and check it against
+    ``data``: same input shape, class scores of the data's class count."""
+    from robustcert.models.sources import complete, load_model_source
 
-    module, meta = load_model(model_dir)
-    info = ModelInfo(input_shape=tuple(meta["input_shape"]), num_classes=int(meta["num_classes"]), meta=meta)
-    return LoadedModel(module, info, Path(model_dir).resolve(), file_sha256(Path(model_dir) / "model.pt"))
+    source = complete(load_model_source(model), tuple(data.input_shape), int(data.num_classes), data.name)
+    assert source.input_shape is not None and source.num_classes is not None
+    info = ModelInfo(input_shape=source.input_shape, num_classes=source.num_classes, meta=source.meta)
+    return LoadedModel(source.module, info, source.location, source.kind, source.fingerprint)
 
 
-def check_data_fits(data: Any, info: ModelInfo) -> None:
-    """RobustCertError unless the data's input shape and class count are the model's."""
-    if tuple(data.input_shape) != tuple(info.input_shape):
-        raise RobustCertError(
-            f"data set {data.name} has inputs of shape {list(data.input_shape)} but the model takes "
-            f"{list(info.input_shape)}; choose the data set the model was trained on (--dataset)"
-        )
-    if data.num_classes != info.num_classes:
-        raise RobustCertError(
-            f"data set {data.name} has {data.num_classes} classes but the model has {info.num_classes}; "
-            "choose the data set the model was trained on (--dataset)"
-        )
+def default_dataset(model: str | Path) -> str:
+    """The data set a robustcert model directory was trained on; a model file does not say, so the user
+    must name one."""
+    from robustcert.models import read_model_meta
+
+    path = Path(model)
+    is_file_model = path.suffix.lower() == ".onnx" or (":" in str(model) and not path.exists())
+    if not is_file_model:  # a model directory, or a path whose error read_model_meta explains
+        return str(read_model_meta(path)["dataset"])
+    raise RobustCertError(f"--model {model} does not say which data it was made for; add --dataset NAME")
 
 
 def certify_run(
     *,
     method: str | Method,
     params: Params,
-    model_dir: Path,
+    model_dir: str | Path,
     dataset: str | None = None,
     split: str = "test",
     data_dir: Path | None = None,
@@ -83,10 +84,9 @@ def certify_run(
     from robustcert.runs import run_examples, select_indices
 
     entry = get_method(method) if isinstance(method, str) else method
-    loaded = load_run_model(model_dir)
+    data = load_dataset(dataset or default_dataset(model_dir), split, data_dir)
+    loaded = load_run_model(model_dir, data)
     final = entry.finalize(params, loaded.info)
-    data = load_dataset(dataset or loaded.info.meta["dataset"], split, data_dir)
-    check_data_fits(data, loaded.info)
     chosen = select_indices(len(data), limit, indices)
     out = Path(out)
     certifier = entry.build(loaded.module, loaded.info, final, out / "log.txt")
@@ -94,7 +94,8 @@ def certify_run(
         "method": entry.name,
         "family": entry.family,
         "params": final.to_json(),
-        "model": str(loaded.source),
+        "model": loaded.source,
+        "model_kind": loaded.kind,
         "model_sha256": loaded.sha256,
         "dataset": data.name,
         "split": split,
@@ -111,7 +112,7 @@ def certify_run(
     )
     summary = summarize(rows, entry.name)
     write_summary(out, summary)
-    arch = loaded.info.meta.get("arch", loaded.source.name)
+    arch = loaded.info.meta.get("arch", Path(loaded.source).name)
     write_curve(out, rows, entry.name, title=f"{arch} on {data.name}/{split}")
     if not quiet:
         print_summary(summary, title=f"{entry.label}: {arch} on {data.name}/{split}")

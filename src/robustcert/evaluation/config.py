@@ -162,8 +162,11 @@ def _models(models: Any, base_dir: Path) -> list[dict[str, Any]]:
         if ("path" in model) == ("train" in model):
             raise RobustCertError(f"model {name!r} needs exactly one of path = DIR or train = {{...}}")
         if "path" in model:
-            p = Path(str(model["path"]))
-            model["path"] = str(p if p.is_absolute() else (base_dir / p).resolve())
+            text = str(model["path"])
+            p = Path(text)
+            python_model = ":" in text and not (base_dir / p).exists() and p.suffix.lower() != ".onnx"
+            if not python_model:  # a directory or an .onnx file, relative to the config
+                model["path"] = str(p if p.is_absolute() else (base_dir / p).resolve())
         else:
             model["train"] = _check_keys(model["train"], TRAIN_KEYS, f"model {name!r} train")
         out.append(model)

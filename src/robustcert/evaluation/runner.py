@@ -60,13 +60,13 @@ def _select(config: EvaluateConfig, data: Dataset) -> list[int]:
     return select_indices(len(data), config.data.get("limit"), indices)
 
 
-def _latency(model_dir: Path, data: Dataset, indices: list[int], smoothing: PlannedRun | None) -> dict[str, Any]:
+def _latency(model_dir: str, data: Dataset, indices: list[int], smoothing: PlannedRun | None) -> dict[str, Any]:
     """Undefended inference vs the smoothed PREDICT at the certified n, interleaved in one process."""
     import torch
 
     from robustcert.evaluation.latency import Procedure, measure_latency
 
-    loaded = load_run_model(model_dir)
+    loaded = load_run_model(model_dir, data)
     model = loaded.module
     sample = data.x[torch.as_tensor(indices[:20])]
 
@@ -124,10 +124,10 @@ def run_evaluate(
     data = load_dataset(config.data["dataset"], config.data["split"], config.data.get("data_dir"))
     indices = _select(config, data)
     model_dirs = {
-        spec["name"]: Path(spec["path"]) if "path" in spec else _train_model(spec, config, out)
+        spec["name"]: str(spec["path"]) if "path" in spec else str(_train_model(spec, config, out))
         for spec in config.models
     }
-    infos = {name: load_run_model(d).info for name, d in model_dirs.items()}
+    infos = {name: load_run_model(d, data).info for name, d in model_dirs.items()}
     runs, skipped = plan_runs(config, infos)
     for note in skipped:
         print(f"skipped: {note}", flush=True)
@@ -171,7 +171,7 @@ def run_evaluate(
         latency[name] = _latency(model_dir, data, indices, smoothing)
         if smoothing is None:
             continue
-        loaded = load_run_model(model_dir)
+        loaded = load_run_model(model_dir, data)
         rows = read_rows(out / smoothing.dir / "results.jsonl", get_method("smoothing").row_type)
         k = loaded.info.num_classes
         if checks["smoothing_attack"]:

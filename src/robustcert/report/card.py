@@ -329,7 +329,9 @@ def build_report(out: Path) -> dict[str, Any]:
         "validation": validation,
     }
     for name, model_dir in info["models"].items():
-        meta = _read_json(Path(model_dir) / "model.json")
+        # a robustcert model directory describes itself; a model file (ONNX, module:function) is named by its source
+        meta_path = Path(model_dir) / "model.json"
+        meta = _read_json(meta_path) if meta_path.is_file() else {"arch": Path(str(model_dir)).name}
         mine = [(run, rows_of[k]) for k, run in enumerate(runs) if run["model"] == name and rows_of[k]]
         methods: dict[str, Any] = {}
         for run, rows in mine:
