@@ -39,8 +39,9 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def export_onnx(model: nn.Module, path: str, *, fold: bool = True) -> None:
+def export_onnx(model: nn.Module, path: str, *, opset: int | None = None, fold: bool = True) -> None:
     """torch.onnx.export with the TorchScript exporter (the dynamo one needs onnxscript, not installed)."""
+    kwargs = {} if opset is None else {"opset_version": opset}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -53,6 +54,7 @@ def export_onnx(model: nn.Module, path: str, *, fold: bool = True) -> None:
             dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
             do_constant_folding=fold,
             training=torch.onnx.TrainingMode.EVAL,
+            **kwargs,
         )
 
 

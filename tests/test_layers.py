@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import warnings
 
 import onnx
 import pytest
@@ -36,6 +35,7 @@ from robustcert.graph.ops import gelu_divisor
 sys.path.insert(0, os.path.dirname(__file__))
 from test_bounds import sample_ball  # noqa: E402
 from test_bounds_models import SHAPE  # noqa: E402
+from test_graph import export_onnx  # noqa: E402
 
 METHODS = ["ibp", "crown", "alpha-crown"]
 EPS = {"linf": 0.03, "l2": 0.3}
@@ -241,23 +241,7 @@ EXPECTED_OPS = {
 }
 
 
-def export(model: nn.Module, path: str, *, opset: int | None = None, fold: bool = True) -> None:
-    """torch.onnx.export with the TorchScript exporter (dynamo needs onnxscript, not installed)."""
-    kwargs = {} if opset is None else {"opset_version": opset}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.rand((1,) + SHAPE),),
-            path,
-            dynamo=False,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-            do_constant_folding=fold,
-            training=torch.onnx.TrainingMode.EVAL,
-            **kwargs,
-        )
+export = export_onnx  # one exporter for the graph, bound and layer tests
 
 
 def points(n: int, seed: int = 1) -> torch.Tensor:

@@ -12,7 +12,7 @@ from robustcert.data.base import Dataset
 from robustcert.errors import RobustCertError
 from robustcert.evaluation.config import EvaluateConfig, load_config
 from robustcert.evaluation.plan import PlannedRun, plan_runs
-from robustcert.jobs import EVALUATE_FILE, certify_run, load_run_model
+from robustcert.jobs import EVALUATE_FILE, LoadedModel, certify_run, load_run_model
 from robustcert.methods import get_method
 
 
@@ -60,13 +60,12 @@ def _select(config: EvaluateConfig, data: Dataset) -> list[int]:
     return select_indices(len(data), config.data.get("limit"), indices)
 
 
-def _latency(model_dir: str, data: Dataset, indices: list[int], smoothing: PlannedRun | None) -> dict[str, Any]:
+def _latency(loaded: LoadedModel, data: Dataset, indices: list[int], smoothing: PlannedRun | None) -> dict[str, Any]:
     """Undefended inference vs the smoothed PREDICT at the certified n, interleaved in one process."""
     import torch
 
     from robustcert.evaluation.latency import Procedure, measure_latency
 
-    loaded = load_run_model(model_dir, data)
     model = loaded.module
     sample = data.x[torch.as_tensor(indices[:20])]
 
@@ -127,7 +126,8 @@ def run_evaluate(
         spec["name"]: str(spec["path"]) if "path" in spec else str(_train_model(spec, config, out))
         for spec in config.models
     }
-    infos = {name: load_run_model(d, data).info for name, d in model_dirs.items()}
+    models = {name: load_run_model(d, data) for name, d in model_dirs.items()}  # loaded and checked once
+    infos = {name: m.info for name, m in models.items()}
     runs, skipped = plan_runs(config, infos)
     for note in skipped:
         print(f"skipped: {note}", flush=True)
@@ -166,12 +166,11 @@ def run_evaluate(
     validation: dict[str, Any] = {"smoothing_attack": {}, "calibration": {}}
     latency: dict[str, Any] = {}
     checks = config.validation
-    for name, model_dir in model_dirs.items():
+    for name, loaded in models.items():
         smoothing = next((r for r in runs if r.model == name and r.method == "smoothing"), None)
-        latency[name] = _latency(model_dir, data, indices, smoothing)
+        latency[name] = _latency(loaded, data, indices, smoothing)
         if smoothing is None:
             continue
-        loaded = load_run_model(model_dir, data)
         rows = read_rows(out / smoothing.dir / "results.jsonl", get_method("smoothing").row_type)
         k = loaded.info.num_classes
         if checks["smoothing_attack"]:
