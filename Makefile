@@ -17,7 +17,7 @@ demo: $(STAMP)
 
 # Lint and type checks gate the tests: a ruff or mypy finding fails `make test` (and CI).
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy src
 	$(PY) -m pytest -q
 
@@ -26,7 +26,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy src
 
 # docs/methods.md is generated from the method registry (a test checks it is current).

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -93,12 +94,61 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _floats(option: str) -> Callable[[str], tuple[float, ...]]:
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+        if not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be a finite number")
+        return values
+
+    return parse
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give non-empty names separated by commas")
+    return names
+
+
+def _model_spec(ns: argparse.Namespace) -> Any:
+    """The ``--model`` and what the user states about it (input range, normalisation, class names)."""
+    from robustcert.domain import InputDomain
+    from robustcert.models.sources import ModelSpec
+
+    domain = None if ns.input_range is None else InputDomain.parse(ns.input_range)
+    return ModelSpec(
+        location=ns.model, input_range=domain, mean=ns.mean, std=ns.std,
+        class_names=ns.class_names, trust_file=ns.trust_model_file,
+    )
+
+
 def _run_options(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="a robustcert model directory (model.pt + model.json), an .onnx file, or module:function "
-        "returning an nn.Module (inputs in [0, 1]; give --dataset for a file)",
+        help="a robustcert model directory (model.pt + model.json), an .onnx, .pt2 (torch.export) or "
+        "TorchScript file, or module:function returning an nn.Module (give --dataset for these)",
+    )
+    parser.add_argument(
+        "--input-range",
+        metavar="LO,HI",
+        help='the box the model\'s inputs live in (default 0,1), or one per channel: "LO,HI;LO,HI;LO,HI"; '
+        "write --input-range=-1,1 when LO is negative",
+    )
+    parser.add_argument(
+        "--mean", type=_floats("--mean"), metavar="M[,M...]",
+        help="normalisation the model file expects on its inputs: (x - mean) / std is put in front of it "
+        "(one value or one per channel); budgets stay in the data's units",
+    )
+    parser.add_argument("--std", type=_floats("--std"), metavar="S[,S...]", help="see --mean")
+    parser.add_argument("--class-names", type=_names, metavar="A,B,...", help="one name per class, for the report")
+    parser.add_argument(
+        "--trust-model-file", action="store_true",
+        help="load a .pt2 or TorchScript file (their loading can run code: only for files you trust)",
     )
     parser.add_argument("--dataset", help="digits | fashion-mnist | npz:PATH (default: the model's)")
     parser.add_argument("--split", default="test", choices=("train", "test"), help="data split")
@@ -223,6 +273,7 @@ def _set_threads(threads: int) -> None:
 
 def _cmd_train(ns: argparse.Namespace) -> int:
     from robustcert.data import load_dataset
+    from robustcert.domain import InputDomain
     from robustcert.jobs import prepare_training_dir
     from robustcert.runs.engine import check_out_dir
     from robustcert.train import train_model
@@ -233,6 +284,10 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     prepare_training_dir(ns.out, force=ns.force)
     train_data = load_dataset(ns.dataset, "train", ns.data_dir)
     test_data = load_dataset(ns.dataset, "test", ns.data_dir)
+    for data in (train_data, test_data):  # zoo models take inputs in [0, 1]
+        InputDomain.unit().check_data(
+            data.x, f"the data ({data.name}/{data.split})", "zoo models take inputs in [0, 1]: rescale the data"
+        )
     _, meta = train_model(
         arch=ns.arch, train_data=train_data, test_data=test_data, loss=loss, method=ns.method,
         method_params=params, out_dir=ns.out, epochs=ns.epochs, batch_size=ns.batch_size, lr=ns.lr,
@@ -253,7 +308,7 @@ def _cmd_certify(ns: argparse.Namespace) -> int:
     values = {k[len("param_"):]: v for k, v in vars(ns).items() if k.startswith("param_")}
     params = method.make_params(values, cli=True)
     certify_run(
-        method=method, params=params, model_dir=ns.model, dataset=ns.dataset, split=ns.split,
+        method=method, params=params, model_dir=_model_spec(ns), dataset=ns.dataset, split=ns.split,
         data_dir=ns.data_dir, limit=ns.limit, indices=parse_indices(ns.indices), seed=ns.seed,
         resume=ns.resume, force=ns.force, out=ns.out, ray_address=ns.ray_address, workers=ns.workers,
     )
@@ -302,11 +357,29 @@ COMMANDS = {
 }
 
 
+NUMBER_LIST_OPTIONS = ("--input-range", "--mean", "--eps")  # values that may start with a minus sign
+
+
+def _join_negative_values(args: list[str]) -> list[str]:
+    """``--input-range -1,1`` as ``--input-range=-1,1``: argparse would take ``-1,1`` for an option."""
+    out: list[str] = []
+    k = 0
+    while k < len(args):
+        if args[k] in NUMBER_LIST_OPTIONS and k + 1 < len(args) and args[k + 1][:2] in ("-0", "-1", "-2", "-3",
+                "-4", "-5", "-6", "-7", "-8", "-9", "-.", "-i"):
+            out.append(f"{args[k]}={args[k + 1]}")
+            k += 2
+            continue
+        out.append(args[k])
+        k += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns its exit status (0, or 3 when a certificate was found unsound).
 
     Bad input raises ``SystemExit(2)`` after printing one ``error:`` line; ``--debug`` shows tracebacks."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     try:
         ns = build_parser().parse_args(args)

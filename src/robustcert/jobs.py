@@ -16,9 +16,11 @@ from torch import nn
 
 from robustcert.errors import RobustCertError
 from robustcert.methods import Method, ModelInfo, Params, get_method
+from robustcert.models.sources import ModelSpec
 from robustcert.rows import Row
 
 EVALUATE_FILE = "evaluate.json"  # marks an evaluate (report card) directory
+MODEL_FILE_SUFFIXES = (".onnx", ".pt2", ".ts", ".jit", ".torchscript")
 
 
 @dataclass
@@ -31,26 +33,52 @@ class LoadedModel:
     source: str
     kind: str
     sha256: str
+    spec: ModelSpec
 
 
-def load_run_model(model: str | Path, data: Any) -> LoadedModel:
-    """Load ``--model`` (a model directory, an ``.onnx`` file or ``module:function``) and check it against
-    ``data``: same input shape, class scores of the data's class count."""
-    from robustcert.models.sources import complete, load_model_source
+def load_run_model(model: ModelSpec | str | Path, data: Any) -> LoadedModel:
+    """Load ``--model`` (a model directory, a model file or ``module:function``, with what the user states
+    about it in a :class:`ModelSpec`) and check it against ``data``: same input shape, class scores of
+    the data's class count, per-channel statements that fit the channels, and every example inside the
+    input domain."""
+    from robustcert.models.sources import ModelSpec, complete, load_model_source
 
-    source = complete(load_model_source(model), tuple(data.input_shape), int(data.num_classes), data.name)
+    spec = ModelSpec.of(model)
+    domain = spec.domain
+    shape = tuple(int(s) for s in data.input_shape)
+    domain.check_channels(shape, "--input-range")
+    for what, values in (("--mean", spec.mean), ("--std", spec.std)):
+        if values is not None and len(values) not in (1, shape[0]):
+            raise RobustCertError(
+                f"{what} has {len(values)} values but the inputs have {shape[0]} channels; give one value or {shape[0]}"
+            )
+    source = complete(load_model_source(spec, shape), shape, int(data.num_classes), data.name)
     assert source.input_shape is not None and source.num_classes is not None
-    info = ModelInfo(input_shape=source.input_shape, num_classes=source.num_classes, meta=source.meta)
-    return LoadedModel(source.module, info, source.location, source.kind, source.fingerprint)
+    if spec.class_names is not None and len(spec.class_names) != source.num_classes:
+        raise RobustCertError(
+            f"--class-names gives {len(spec.class_names)} names but the model has {source.num_classes} classes"
+        )
+    domain.check_data(data.x, f"the data ({data.name}/{data.split})")
+    info = ModelInfo(
+        input_shape=source.input_shape,
+        num_classes=source.num_classes,
+        meta=source.meta,
+        domain=domain,
+        class_names=spec.class_names,
+    )
+    return LoadedModel(source.module, info, source.location, source.kind, source.fingerprint, spec)
 
 
-def default_dataset(model: str | Path) -> str:
+def default_dataset(model: ModelSpec | str | Path) -> str:
     """The data set a robustcert model directory was trained on; a model file does not say, so the user
     must name one."""
     from robustcert.models import read_model_meta
 
+    model = ModelSpec.of(model).location
     path = Path(model)
-    is_file_model = path.suffix.lower() == ".onnx" or (":" in str(model) and not path.exists())
+    is_file_model = (path.is_file() and path.name != "model.pt") or path.suffix.lower() in MODEL_FILE_SUFFIXES or (
+        ":" in str(model) and not path.exists()
+    )
     if not is_file_model:  # a model directory, or a path whose error read_model_meta explains
         return str(read_model_meta(path)["dataset"])
     raise RobustCertError(f"--model {model} does not say which data it was made for; add --dataset NAME")
@@ -60,7 +88,7 @@ def certify_run(
     *,
     method: str | Method,
     params: Params,
-    model_dir: str | Path,
+    model_dir: ModelSpec | str | Path,
     dataset: str | None = None,
     split: str = "test",
     data_dir: Path | None = None,
@@ -97,6 +125,8 @@ def certify_run(
         "model": loaded.source,
         "model_kind": loaded.kind,
         "model_sha256": loaded.sha256,
+        "domain": loaded.info.domain.text(),
+        **loaded.spec.to_json(),
         "dataset": data.name,
         "split": split,
         "batch_size": certifier.batch_size,

@@ -17,13 +17,17 @@ from typing import Any, ClassVar, Self
 
 from robustcert.errors import RobustCertError
 
+DEFAULT_DOMAIN = "0,1"  # InputDomain.unit().text()
+
 
 @dataclass(kw_only=True, slots=True)
 class Row:
     """Fields common to every method: the example, its clean prediction and whether it is certified.
 
     ``prediction`` is −1 when the method abstains (smoothing). ``seconds`` is the wall time spent on the
-    example (amortised over a batch), filled in by the run engine.
+    example (amortised over a batch) and ``domain`` the input domain the certificate is over (the
+    ``--input-range`` text, e.g. ``"0,1"`` or ``"-1,1;0,255;0,1"``; rows written before the field existed
+    were over [0, 1]), both filled in by the run engine.
     """
 
     family: ClassVar[str] = ""
@@ -35,6 +39,7 @@ class Row:
     correct: bool
     certified: bool
     seconds: float = 0.0
+    domain: str = DEFAULT_DOMAIN
 
     def to_json(self) -> dict[str, Any]:
         """The row as a JSON object (the ``results.jsonl`` line)."""

@@ -12,10 +12,12 @@ uses, so a report is wrong with probability at most about ``alpha``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from robustcert.domain import InputDomain
 from robustcert.errors import RobustCertError
 from robustcert.models.modes import eval_mode
 from robustcert.seeding import derived_seed, torch_generator
@@ -44,8 +46,10 @@ def attack_smoothed(
     n_predict: int = 2000,
     alpha: float = 0.001,
     seed: int = 0,
+    domain: Any = None,
 ) -> SmoothedAttackResult:
-    """Try to change the smoothed prediction inside the L2 ball of ``radius`` around ``x`` (one input).
+    """Try to change the smoothed prediction inside the L2 ball of ``radius`` around ``x`` (one input),
+    searching the ball ∩ the input ``domain`` (default [0, 1]; ``x`` must lie in it).
 
     ``seed`` is any non-negative integer (every bit counts, see :mod:`robustcert.seeding`): the attack's
     noise and the final PREDICT draw from two independent streams derived from it. The model runs in
@@ -56,6 +60,8 @@ def attack_smoothed(
         raise RobustCertError(f"radius must be >= 0, got {radius}")
     if x.ndim != 3:
         raise RobustCertError(f"attack_smoothed takes one input C×H×W, got shape {tuple(x.shape)}")
+    box = InputDomain.coerce(domain)
+    box.check_data(x.detach().unsqueeze(0), "x")
     gen = torch_generator(derived_seed(_NOISE_DOMAIN, seed))
     x = x.detach().float()
     inner = radius * (1 - 1e-5)
@@ -72,7 +78,7 @@ def attack_smoothed(
                 adv = adv - step * grad / grad.norm().clamp_min(1e-12)
                 delta = adv - x
                 delta = delta * min(1.0, inner / max(float(delta.norm()), 1e-30))
-                adv = (x + delta).clamp(0, 1)  # clipping moves towards x: stays in the ball
+                adv = box.clip((x + delta).unsqueeze(0))[0]  # x is in the box: clipping moves towards x
     adv = adv.detach()
     distance = float((adv.double() - x.double()).norm())
     if distance > radius:  # pragma: no cover - a bug, not a user error

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from robustcert.bounds import alpha_crown, crown, ibp
 from robustcert.bounds._common import Ctx, InputSet, rounding_scope, toward
 from robustcert.bounds._soundness import FLOAT_MODELS, SAFETY_REL, Rounding, magnitudes, node_tol, spec_tol
+from robustcert.domain import InputDomain
 from robustcert.errors import RobustCertError
 from robustcert.graph.convert import to_graph
 from robustcert.graph.ir import Graph
@@ -46,7 +47,7 @@ def _check_batch(t: Any, what: str) -> Tensor:
     return t.detach().to(device="cpu", dtype=torch.float64)
 
 
-def _input_set(x: Tensor | None, eps: Any, norm: str, box: Any) -> InputSet:
+def _input_set(x: Tensor | None, eps: Any, norm: str, box: Any, domain: Any = None) -> InputSet:
     if box is not None:
         if x is not None:
             raise RobustCertError("pass either x (with eps) or box=(lo, hi), not both")
@@ -64,26 +65,31 @@ def _input_set(x: Tensor | None, eps: Any, norm: str, box: Any) -> InputSet:
         raise RobustCertError("x is None; pass inputs x (with eps) or an explicit box=(lo, hi)")
     e = check_eps(eps)
     x64 = _check_batch(x, "x")
-    if bool(((x64 < 0) | (x64 > 1)).any()):
-        raise RobustCertError(
-            "x has values outside [0, 1]; inputs must be in [0, 1] (normalise inside the model)"
-        )
+    dom = InputDomain.coerce(domain)
+    dom.check_data(x64, "x")
     lo, hi = x64 - e, x64 + e
     if e > 0:  # round outward: the box must contain the real ball
         lo, hi = toward(lo, upper=False), toward(hi, upper=True)
-    lo, hi = lo.clamp(0.0, 1.0), hi.clamp(0.0, 1.0)
+    lo, hi = dom.clip(lo), dom.clip(hi)  # exact: a max/min with the domain's float64 bounds
     if norm == "l2":
         return InputSet(lo, hi, x64, e)
     return InputSet(lo, hi)
 
 
 def _graph_and_set(
-    model: Model, x: Tensor | None, eps: Any, norm: str, method: str, box: Any, intermediate: str
+    model: Model,
+    x: Tensor | None,
+    eps: Any,
+    norm: str,
+    method: str,
+    box: Any,
+    intermediate: str,
+    domain: Any = None,
 ):
     _check_choice("method", method, METHODS)
     check_norm(norm)
     _check_choice("intermediate", intermediate, INTERMEDIATE)
-    inset = _input_set(x, eps, norm, box)
+    inset = _input_set(x, eps, norm, box, domain)
     graph = to_graph(model, tuple(inset.lo.shape[1:]))
     shapes = graph.shapes()
     out_shape = shapes[graph.output]
@@ -124,9 +130,10 @@ def _plan(
     box: Any,
     intermediate: str,
     rounding: str,
+    domain: Any = None,
 ) -> _Plan:
     _check_choice("float_model", rounding, ROUNDINGS)
-    graph, inset, shapes = _graph_and_set(model, x, eps, norm, method, box, intermediate)
+    graph, inset, shapes = _graph_and_set(model, x, eps, norm, method, box, intermediate, domain)
     mags = _legacy_mags(graph, inset) if rounding == "legacy" else None
     rmodel = None
     if rounding in FLOAT_MODELS:
@@ -175,12 +182,14 @@ def margin_lower(
     alpha_steps: int = 20,
     alpha_lr: float = 0.1,
     float_model: str = "float32",
+    domain: Any = None,
 ) -> Tensor:
     """Certified lower bounds of the margins ``f_y(x') - f_j(x')``, shape [B, K] (float64, CPU).
 
     Guarantee: for every example b, every class j != y_b and every x' in the perturbation set —
-    ``{x' : ||x' - x_b|| <= eps} ∩ [0, 1]^d`` (``norm`` linf or l2), or the explicit L∞ box ``box=(lo, hi)``
-    (used as given) — ``f_y(x') - f_j(x') >= result[b, j]`` where ``f`` is, with ``float_model="float32"``
+    ``{x' : ||x' - x_b|| <= eps} ∩ D`` (``norm`` linf or l2) where ``D`` is the input ``domain`` (an
+    :class:`~robustcert.domain.InputDomain`, a pair ``(lo, hi)``, per-channel pairs or ``"LO,HI"``;
+    default [0, 1]; x must lie in it), or the explicit L∞ box ``box=(lo, hi)`` (used as given) — ``f_y(x') - f_j(x') >= result[b, j]`` where ``f`` is, with ``float_model="float32"``
     (default), the model's float32 evaluation at ``x'`` (rounded to float32) in any summation order, and
     with ``"real"`` the real-valued network with the stored weights. The float64 computation's own
     rounding is covered in both (:mod:`robustcert.bounds._soundness` derives every margin). Column y holds
@@ -194,7 +203,9 @@ def margin_lower(
     mode with BatchNorm is refused. Bad input raises :class:`RobustCertError`.
     """
     _check_choice("float_model", float_model, FLOAT_MODELS)
-    return _margins(model, x, y, eps, norm, method, box, intermediate, alpha_steps, alpha_lr, float_model)
+    return _margins(
+        model, x, y, eps, norm, method, box, intermediate, alpha_steps, alpha_lr, float_model, domain=domain
+    )
 
 
 def _margins(
@@ -209,9 +220,10 @@ def _margins(
     alpha_steps: int,
     alpha_lr: float,
     rounding: str,
+    domain: Any = None,
 ) -> Tensor:
     """:func:`margin_lower` with any of :data:`ROUNDINGS` (``legacy`` and ``none`` for comparisons only)."""
-    plan = _plan(model, x, eps, norm, method, box, intermediate, rounding)
+    plan = _plan(model, x, eps, norm, method, box, intermediate, rounding, domain)
     graph, inset, shapes, mags = plan.graph, plan.inset, plan.shapes, plan.mags
     k = numel(shapes[graph.output])
     labels = _labels(y, inset.batch, k)
@@ -246,6 +258,7 @@ def logit_bounds(
     alpha_steps: int = 20,
     alpha_lr: float = 0.1,
     float_model: str = "float32",
+    domain: Any = None,
 ) -> tuple[Tensor, Tensor]:
     """Certified bounds ``lo <= f(x') <= hi`` on every logit, each [B, K] (float64, CPU).
 
@@ -254,7 +267,9 @@ def logit_bounds(
     is tighter than subtracting these logit bounds.
     """
     _check_choice("float_model", float_model, FLOAT_MODELS)
-    return _logits(model, x, eps, norm, method, box, intermediate, alpha_steps, alpha_lr, float_model)
+    return _logits(
+        model, x, eps, norm, method, box, intermediate, alpha_steps, alpha_lr, float_model, domain=domain
+    )
 
 
 def _logits(
@@ -268,9 +283,10 @@ def _logits(
     alpha_steps: int,
     alpha_lr: float,
     rounding: str,
+    domain: Any = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`logit_bounds` with any of :data:`ROUNDINGS`."""
-    plan = _plan(model, x, eps, norm, method, box, intermediate, rounding)
+    plan = _plan(model, x, eps, norm, method, box, intermediate, rounding, domain)
     graph, inset, shapes, mags = plan.graph, plan.inset, plan.shapes, plan.mags
     k = numel(shapes[graph.output])
     eye = torch.eye(k, dtype=torch.float64)

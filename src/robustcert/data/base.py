@@ -11,7 +11,8 @@ from robustcert.errors import RobustCertError
 
 @dataclass(frozen=True)
 class Dataset:
-    """Examples ``x`` (float32, N×C×H×W, every value in [0, 1]) with labels ``y`` (int64, 0..K−1).
+    """Examples ``x`` (float32, N×C×H×W, finite) with labels ``y`` (int64, 0..K−1). The built-in data sets
+    are in [0, 1]; whether the data lie in a model's input domain is checked when a run starts.
 
     ``mean`` / ``std`` are per-channel statistics of the training split, used by the zoo's Normalize
     layer; ``name`` and ``split`` say where the data came from.
@@ -43,9 +44,9 @@ class Dataset:
 
 
 def validate_examples(x: torch.Tensor, y: torch.Tensor, num_classes: int, what: str = "data") -> None:
-    """Raise RobustCertError unless x is float N×C×H×W in [0, 1] without NaN and y are labels 0..K−1."""
+    """Raise RobustCertError unless x is float N×C×H×W without NaN or inf and y are labels 0..K−1."""
     if not torch.is_floating_point(x):
-        raise RobustCertError(f"{what}: x must be floating point in [0, 1], got dtype {x.dtype}")
+        raise RobustCertError(f"{what}: x must be floating point, got dtype {x.dtype}")
     if x.ndim != 4:
         raise RobustCertError(f"{what}: x must have shape N×C×H×W, got {tuple(x.shape)}")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
@@ -55,10 +56,6 @@ def validate_examples(x: torch.Tensor, y: torch.Tensor, num_classes: int, what: 
     if torch.isnan(x).any() or torch.isinf(x).any():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0])
         raise RobustCertError(f"{what}: x contains NaN or inf (first at example {bad}); clean the data first")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise RobustCertError(
-            f"{what}: x must lie in [0, 1] (found [{float(x.min()):.4g}, {float(x.max()):.4g}]); rescale, e.g. divide 8-bit images by 255"
-        )
     if y.dtype in (torch.float16, torch.float32, torch.float64, torch.bool):
         raise RobustCertError(f"{what}: labels y must be integers, got dtype {y.dtype}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):

@@ -3,7 +3,8 @@
 Format (``np.savez(PATH, x_train=..., y_train=..., x_test=..., y_test=..., num_classes=10)``):
 
 - ``x_train``, ``y_train`` and/or ``x_test``, ``y_test``: one pair per split the file provides.
-  ``x_*`` is a floating-point array of shape N×C×H×W with every value in [0, 1] (no NaN or inf);
+  ``x_*`` is a floating-point array of shape N×C×H×W of finite values (no NaN or inf) inside the
+  model's input domain (``--input-range``, default [0, 1]; checked when a run starts);
   ``y_*`` is an integer array of shape (N,) with labels 0..K−1. Both splits must have the same C×H×W.
 - ``num_classes`` (optional): an integer scalar K ≥ 2. When absent, K is the largest label over all the
   splits in the file plus one, and then every class 0..K−1 must occur in some split — a gap means K was
@@ -69,7 +70,7 @@ def _layout(path: Path, keys: set[str]) -> dict[str, tuple[str, str]]:
 def _check_x(path: Path, key: str, x: np.ndarray) -> np.ndarray:
     if x.dtype == object or not np.issubdtype(x.dtype, np.floating):
         raise RobustCertError(
-            f"{path}: {key} must be floating point in [0, 1], got dtype {x.dtype}; e.g. divide 8-bit images by 255.0"
+            f"{path}: {key} must be floating point, got dtype {x.dtype}; e.g. divide 8-bit images by 255.0"
         )
     if x.ndim != 4:
         hint = " (add the channel axis: x[:, None])" if x.ndim == 3 else ""
@@ -84,12 +85,7 @@ def _check_x(path: Path, key: str, x: np.ndarray) -> np.ndarray:
         raise RobustCertError(
             f"{path}: {key} contains NaN or inf (first at example {bad}); clean the data first"
         )
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise RobustCertError(
-            f"{path}: {key} must lie in [0, 1], found [{lo:.4g}, {hi:.4g}]; rescale, e.g. divide 8-bit images by 255"
-        )
-    return x
+    return x  # the range is checked against the model's input domain (--input-range) when a run starts
 
 
 def _check_y(path: Path, key: str, y: np.ndarray, n: int, x_key: str) -> np.ndarray:

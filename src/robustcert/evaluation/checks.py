@@ -15,7 +15,7 @@ CALIBRATION_STREAM = 7919  # sub-stream of the run seed for calibration draws (i
 
 
 def attack_smoothing_certificates(
-    model: nn.Module, num_classes: int, data: Dataset, rows: list[Row], limit: int, seed: int
+    model: nn.Module, num_classes: int, data: Dataset, rows: list[Row], limit: int, seed: int, domain: Any = None
 ) -> dict[str, Any]:
     """Attack the smoothed prediction inside each certified radius (up to ``limit`` certified examples);
     ``broken`` lists the examples where the attack changed the smoothed prediction inside the radius."""
@@ -26,7 +26,7 @@ def attack_smoothing_certificates(
     for row in certified:
         res = attack_smoothed(
             model, data.x[row.index], row.prediction, row.radius, row.sigma, num_classes,
-            alpha=row.alpha, seed=example_seed(seed, row.index),
+            alpha=row.alpha, seed=example_seed(seed, row.index), domain=domain,
         )
         if res.broken:
             broken.append(

@@ -4,7 +4,9 @@ registry, so a misspelt key or section is an error with a "did you mean", never 
 Sections (all but ``[data]``, one ``[[model]]`` and one ``[threat.*]`` optional)::
 
     [data]        dataset (digits | fashion-mnist | npz:PATH), split, limit | indices, seed, data_dir
-    [[model]]     name, and path = DIR or train = {arch, method, epochs, batch_size, lr, sigma, eps, norm, pgd_steps}
+    [[model]]     name, and path = DIR | FILE | "module:function" (with input_range = [LO, HI] or one pair per
+                  channel, mean = [...], std = [...], class_names = [...], trust_file = true, as on the CLI)
+                  or train = {arch, method, epochs, batch_size, lr, sigma, eps, norm, pgd_steps}
     [threat.linf] eps = [budgets], target = one of them      (and/or [threat.l2])
     [methods]     <method> = {its parameters (see docs/methods.md), models = [...], eps = [subset], limit = K}
     [validation]  smoothing_attack, smoothing_attack_limit, calibration, calibration_limit
@@ -26,7 +28,8 @@ from robustcert.validation import NORMS
 
 SECTIONS = ("data", "model", "threat", "methods", "validation")
 DATA_KEYS = ("dataset", "split", "limit", "indices", "seed", "data_dir")
-MODEL_KEYS = ("name", "path", "train")
+MODEL_KEYS = ("name", "path", "train", "input_range", "mean", "std", "class_names", "trust_file")
+FILE_MODEL_KEYS = ("input_range", "mean", "std", "class_names", "trust_file")  # what a path's file cannot say
 TRAIN_KEYS = ("arch", "method", "epochs", "batch_size", "lr", "sigma", "eps", "norm", "pgd_steps")
 THREAT_KEYS = ("eps", "target")
 SELECTION_KEYS = ("models", "eps", "limit")  # which runs of a method, besides its parameters
@@ -125,6 +128,9 @@ def validate_config(raw: Mapping[str, Any], base_dir: Path = Path(".")) -> Evalu
     data = _check_keys(raw.get("data", {}), DATA_KEYS, "[data]")
     if "dataset" not in data:
         raise RobustCertError('the config needs [data] dataset = "digits" (or "fashion-mnist", "npz:PATH")')
+    dataset = str(data["dataset"])
+    if dataset.startswith("npz:") and not Path(dataset[4:]).is_absolute():  # relative to the config, as paths
+        data["dataset"] = f"npz:{(base_dir / dataset[4:]).resolve()}"
     data.setdefault("split", "test")
     data.setdefault("seed", 0)
     if isinstance(data["seed"], bool) or not isinstance(data["seed"], int) or data["seed"] < 0:
@@ -165,12 +171,60 @@ def _models(models: Any, base_dir: Path) -> list[dict[str, Any]]:
             text = str(model["path"])
             p = Path(text)
             python_model = ":" in text and not (base_dir / p).exists() and p.suffix.lower() != ".onnx"
-            if not python_model:  # a directory or an .onnx file, relative to the config
+            if not python_model:  # a directory or a model file, relative to the config
                 model["path"] = str(p if p.is_absolute() else (base_dir / p).resolve())
+            _file_model_keys(model, name)
         else:
+            stated = [key for key in FILE_MODEL_KEYS if key in model]
+            if stated:
+                raise RobustCertError(f"model {name!r}: {stated} apply to path = ... models only (a trained model takes [0, 1])")
             model["train"] = _check_keys(model["train"], TRAIN_KEYS, f"model {name!r} train")
         out.append(model)
     return out
+
+
+def _file_model_keys(model: dict[str, Any], name: str) -> None:
+    """Check (and normalise in place) what a [[model]] states about its file: the input range as text,
+    mean/std as lists of finite numbers, class_names as strings, trust_file as a boolean."""
+    from robustcert.domain import InputDomain
+
+    if "input_range" in model:
+        model["input_range"] = InputDomain.coerce(model["input_range"], f"model {name!r} input_range").text()
+    for key in ("mean", "std"):
+        if key in model:
+            values = model[key] if isinstance(model[key], list) else [model[key]]
+            if not values or not all(_is_number(v) for v in values):
+                raise RobustCertError(f"model {name!r} {key} must be a number or a list of numbers, got {model[key]!r}")
+            model[key] = [float(v) for v in values]
+    if ("mean" in model) != ("std" in model):
+        raise RobustCertError(f"model {name!r}: give both mean and std (one value, or one per channel)")
+    names = model.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) and n for n in names)):
+        raise RobustCertError(f"model {name!r} class_names must be a list of non-empty strings, got {names!r}")
+    if not isinstance(model.get("trust_file", False), bool):
+        raise RobustCertError(f"model {name!r} trust_file must be true or false")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def model_spec(model: Mapping[str, Any], path: str) -> Any:
+    """The :class:`~robustcert.models.sources.ModelSpec` of a validated [[model]] entry at ``path``."""
+    from robustcert.models.sources import ModelSpec
+
+    def floats(key: str) -> tuple[float, ...] | None:
+        return tuple(model[key]) if key in model else None
+
+    names = model.get("class_names")
+    return ModelSpec(
+        location=path,
+        input_range=model.get("input_range"),
+        mean=floats("mean"),
+        std=floats("std"),
+        class_names=tuple(names) if names is not None else None,
+        trust_file=bool(model.get("trust_file", False)),
+    )
 
 
 def _threats(threats: Any) -> dict[str, dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from robustcert.data.base import Dataset
 from robustcert.errors import RobustCertError
-from robustcert.evaluation.config import EvaluateConfig, load_config
+from robustcert.evaluation.config import EvaluateConfig, load_config, model_spec
 from robustcert.evaluation.plan import PlannedRun, plan_runs
 from robustcert.jobs import EVALUATE_FILE, LoadedModel, certify_run, load_run_model
 from robustcert.methods import get_method
@@ -123,7 +123,7 @@ def run_evaluate(
     data = load_dataset(config.data["dataset"], config.data["split"], config.data.get("data_dir"))
     indices = _select(config, data)
     model_dirs = {
-        spec["name"]: str(spec["path"]) if "path" in spec else str(_train_model(spec, config, out))
+        spec["name"]: model_spec(spec, str(spec["path"]) if "path" in spec else str(_train_model(spec, config, out)))
         for spec in config.models
     }
     models = {name: load_run_model(d, data) for name, d in model_dirs.items()}  # loaded and checked once
@@ -135,7 +135,7 @@ def run_evaluate(
         json.dumps(
             {
                 "config": config.to_json(),
-                "models": {k: str(v) for k, v in model_dirs.items()},
+                "models": {k: v.location for k, v in model_dirs.items()},
                 "runs": [r.to_json() for r in runs],
                 "skipped": skipped,
                 "indices": indices,
@@ -176,7 +176,7 @@ def run_evaluate(
         if checks["smoothing_attack"]:
             print(f"== {name}: attacking smoothing certificates inside their radii", flush=True)
             validation["smoothing_attack"][name] = attack_smoothing_certificates(
-                loaded.module, k, data, rows, int(checks["smoothing_attack_limit"]), seed
+                loaded.module, k, data, rows, int(checks["smoothing_attack_limit"]), seed, loaded.info.domain
             )
         if checks["calibration"]:
             print(f"== {name}: calibration of smoothing certificates", flush=True)

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import nn
 
+from robustcert.domain import InputDomain
 from robustcert.errors import RobustCertError
 from robustcert.rows import ROW_TYPES, Row
 from robustcert.validation import NORMS
@@ -215,11 +216,15 @@ def build_params(cls: type[P], values: Mapping[str, Any], where: str = "", *, cl
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a method may know about the model besides its weights."""
+    """What a method may know about the model besides its weights. ``domain`` is the box every input
+    lies in: every method intersects its perturbation set with it (bounds, MILP, attacks' projections).
+    ``class_names`` are optional labels for reports."""
 
     input_shape: tuple[int, ...]
     num_classes: int
     meta: Mapping[str, Any] = field(default_factory=dict)
+    domain: InputDomain = field(default_factory=InputDomain.unit)
+    class_names: tuple[str, ...] | None = None
 
 
 class Certifier(Protocol):

@@ -44,6 +44,7 @@ class BoundCertifier:
 
         self.model, self.method, self.params = model, method, params
         self.batch_size = params.batch
+        self.domain = info.domain
         self.rows_per_example = len(params.eps)
         self.graph = to_graph(model, info.input_shape)
         self.options: dict[str, Any] = {}
@@ -68,6 +69,7 @@ class BoundCertifier:
                 norm=self.params.norm,
                 method=self.method,
                 float_model=self.params.float_model,
+                domain=self.domain,
                 **self.options,
             )
             worst = m.min(dim=1).values.tolist()

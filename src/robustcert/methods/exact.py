@@ -1,6 +1,8 @@
-"""The exact MILP verifier (``robustcert.exact``): the proven minimum margin of a ReLU network over an L∞
-box, or ``unknown`` on time-out. ``certified`` only when the MILP proves the minimum margin > 0;
-a counterexample is confirmed by a forward pass of the real model."""
+"""The exact MILP verifier (``robustcert.exact``): the proven minimum margin of a ReLU network over
+``B_inf(x, eps) ∩ domain`` (the model's input domain, ``ModelInfo.domain``), or ``unknown`` on time-out.
+``certified`` only when the MILP proves the minimum margin > 0 with the solver's tolerances subtracted; a
+counterexample is confirmed by a forward pass of the model itself (float32 for a float32 model) at a
+point inside that set."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ class ExactParams(BudgetParams):
 
 
 class ExactCertifier:
-    """One row per eps per example; the graph is converted once; solver output goes to ``log_path``."""
+    """One row per eps per example over ``B_inf(x, eps) ∩ info.domain``; the graph is converted once;
+    solver output goes to ``log_path``."""
 
     batch_size = 1
 
@@ -28,6 +31,7 @@ class ExactCertifier:
         from robustcert.graph import to_graph
 
         self.model, self.params, self.log_path = model, params, log_path
+        self.domain = info.domain
         self.rows_per_example = len(params.eps)
         self.graph = to_graph(model, info.input_shape)
 
@@ -43,8 +47,8 @@ class ExactCertifier:
             rows: list[Row] = []
             for eps in self.params.eps:
                 res = exact_margin(
-                    self.graph, x.unsqueeze(0), y, eps=eps, time_limit=self.params.time_limit,
-                    log_path=self.log_path,
+                    self.model, x.unsqueeze(0), y, eps=eps, time_limit=self.params.time_limit,
+                    log_path=self.log_path, domain=self.domain, graph=self.graph,
                 )
                 rows.append(
                     ExactRow(

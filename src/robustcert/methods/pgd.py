@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from robustcert.domain import InputDomain
 from robustcert.methods.base import BudgetParams, Method, ModelInfo, param
 from robustcert.rows import AttackRow, Row
 
@@ -22,10 +23,13 @@ class PGDParams(BudgetParams):
 
 
 class PGDCertifier:
-    """Rows of a PGD attack per eps, batched; each example's random starts come from its own seed."""
+    """Rows of a PGD attack per eps, batched; each example's random starts come from its own seed. The
+    attack searches ``B(x, eps) ∩ domain`` (the model's input domain, default [0, 1]), the same set the
+    certificates are about, so a successful attack contradicts any certificate at that eps."""
 
-    def __init__(self, model: nn.Module, params: PGDParams) -> None:
+    def __init__(self, model: nn.Module, params: PGDParams, domain: InputDomain | None = None) -> None:
         self.model, self.params = model, params
+        self.domain = InputDomain.coerce(domain)
         self.batch_size = params.batch
         self.rows_per_example = len(params.eps)
 
@@ -40,7 +44,7 @@ class PGDCertifier:
         for eps in self.params.eps:
             res = pgd_attack(
                 self.model, xs, torch.tensor(ys), eps=eps, norm=self.params.norm,
-                steps=self.params.steps, restarts=self.params.restarts, seed=list(seeds),
+                steps=self.params.steps, restarts=self.params.restarts, seed=list(seeds), domain=self.domain,
             )
             margins = res.adv_margin.tolist()
             for k, (index, y, pred) in enumerate(zip(indices, ys, preds, strict=True)):
@@ -62,7 +66,7 @@ class PGDCertifier:
 
 
 def build(model: nn.Module, info: ModelInfo, params: PGDParams, log_path: Path | None) -> PGDCertifier:
-    return PGDCertifier(model, params)
+    return PGDCertifier(model, params, domain=info.domain)
 
 
 PGD = Method(

@@ -343,8 +343,11 @@ def build_report(out: Path) -> dict[str, Any]:
             base = _base_correct(rows)
             if len(base) > clean_n:
                 clean, clean_n = sum(base.values()) / len(base), len(base)
+        run_json = _read_json(out / mine[0][0]["dir"] / "run.json") if mine else {}
         report["models"][name] = {
             "arch": meta["arch"],
+            "domain": str(run_json.get("domain", "0,1")),
+            "class_names": run_json.get("class_names"),
             "train": meta.get("train", {}),
             "clean_accuracy": clean,
             "clean_n_examples": clean_n,
@@ -493,13 +496,16 @@ def _summary_blocks(report: dict[str, Any]) -> list[Block]:
 
 
 def _model_blocks(report: dict[str, Any], name: str, entry: dict[str, Any]) -> list[Block]:
+    from robustcert.domain import InputDomain
+
     train = entry["train"]
-    blocks: list[Block] = [
-        Heading(
-            f"{name}: {entry['arch']}, trained with {train.get('method', '?')}"
-            + "".join(f", {k}={train[k]}" for k in ("sigma", "eps", "norm") if k in train)
-        )
-    ]
+    origin = (
+        f"trained with {train.get('method', '?')}" + "".join(f", {k}={train[k]}" for k in ("sigma", "eps", "norm") if k in train)
+        if train
+        else "a model file"
+    )
+    domain = entry.get("domain", "0,1")
+    blocks: list[Block] = [Heading(f"{name}: {entry['arch']}, {origin}; inputs in {InputDomain.parse(domain)}")]
     for norm in report["threats"]:
         recs = [r for r in entry["methods"].values() if r["norm"] == norm]
         if not recs:

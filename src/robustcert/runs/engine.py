@@ -24,7 +24,7 @@ from robustcert.data.base import Dataset
 from robustcert.errors import RobustCertError
 from robustcert.methods.base import Certifier
 from robustcert.progress import progress
-from robustcert.rows import Row
+from robustcert.rows import DEFAULT_DOMAIN, Row
 from robustcert.runs.store import RowWriter, read_complete_rows, rewrite_rows
 from robustcert.seeding import SCHEME, example_seed
 
@@ -130,6 +130,7 @@ def prepare_run_dir(
                 raise RobustCertError(f"{run_path} is not valid JSON; rerun with --force to start over") from None
             if not isinstance(old, dict):
                 raise RobustCertError(f"{run_path} is not a run.json object; rerun with --force to start over")
+            old.setdefault("domain", DEFAULT_DOMAIN)  # runs written before the domain was recorded
             diffs = sorted(
                 k for k in set(old) | set(info) if k != "robustcert_version" and old.get(k) != info.get(k)
             )
@@ -168,6 +169,8 @@ def run_examples(
     ``runs.ray_backend``)."""
     out = Path(out_dir)
     info = {**run_info, "indices": list(indices), "seed": seed, "seeding": SCHEME}
+    info.setdefault("domain", DEFAULT_DOMAIN)
+    domain = str(info["domain"])  # recorded in run.json and in every row
     rows_per_example = certifier.rows_per_example
     done = prepare_run_dir(out, info, row_type, rows_per_example, resume=resume, force=force)
     done_indices = {r.index for r in done}
@@ -189,6 +192,7 @@ def run_examples(
         for rows in per_example:
             for row in rows:
                 row.seconds = seconds / len(rows)
+                row.domain = domain
         return per_example
 
     # Chunks partition the whole index list, so a resumed run recomputes exactly the chunks an
