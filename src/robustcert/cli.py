@@ -194,7 +194,9 @@ def _method_options(
         if "default" not in help_text:  # some helps say what the default means themselves
             help_text = f"{help_text} (default: {shown})"
         kwargs: dict[str, Any] = {"dest": f"param_{f.name}", "default": argparse.SUPPRESS, "help": help_text}
-        if f.name == "norm" and norms:
+        if hints[f.name] is bool:  # a switch: --sound-fp (TOML: sound_fp = true)
+            kwargs.update(action="store_const", const="true")
+        elif f.name == "norm" and norms:
             kwargs["metavar"] = "|".join(norms)
         elif meta.get("choices"):
             kwargs["metavar"] = "|".join(meta["choices"])
@@ -217,11 +219,22 @@ def build_parser() -> Parser:
     train = commands.add_parser("train", parents=[common], help="train a zoo model into a model directory")
     train.add_argument("--dataset", default="digits", help="digits | fashion-mnist | npz:PATH")
     train.add_argument("--arch", default="cnn-small", help="mlp-2x64 | mlp-2x256 | cnn-small | cnn-medium")
-    train.add_argument("--method", default="standard", help="standard | gaussian | pgd | ibp | crown-ibp")
-    train.add_argument("--sigma", type=_float, default=0.25, help="gaussian: noise std in input units")
+    from robustcert.train.factory import TRAIN_METHODS
+
+    train.add_argument("--method", default="standard", help=" | ".join(TRAIN_METHODS))
+    train.add_argument(
+        "--sigma", type=_float, default=0.25, help="gaussian / consistency / smoothadv: noise std in input units"
+    )
     train.add_argument("--eps", type=_float, default=0.1, help="pgd / ibp / crown-ibp: training budget")
     train.add_argument("--norm", default="linf", help="pgd: linf | l2 (ibp and crown-ibp train linf)")
     train.add_argument("--pgd-steps", type=int, default=10, help="pgd: attack steps per batch")
+    train.add_argument("--noise-samples", type=int, default=2, help="consistency / smoothadv: noisy copies per input (m)")
+    train.add_argument("--consistency-lambda", type=_float, default=10.0, help="consistency: weight of the KL term")
+    train.add_argument("--consistency-eta", type=_float, default=0.5, help="consistency: weight of the entropy term")
+    train.add_argument(
+        "--smoothadv-eps", type=_float, default=0.5, help="smoothadv: L2 radius of the attack on the smoothed classifier"
+    )
+    train.add_argument("--smoothadv-steps", type=int, default=1, help="smoothadv: attack steps per batch")
     train.add_argument("--epochs", type=int, default=30, help="passes over the training split")
     train.add_argument("--batch-size", type=int, default=64, help="examples per optimisation step")
     train.add_argument("--lr", type=_float, default=1e-3, help="Adam's learning rate (cosine schedule)")
@@ -279,7 +292,11 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     from robustcert.train import train_model
     from robustcert.train.factory import make_loss
 
-    loss, params = make_loss(ns.method, sigma=ns.sigma, eps=ns.eps, norm=ns.norm, pgd_steps=ns.pgd_steps)
+    loss, params = make_loss(
+        ns.method, sigma=ns.sigma, eps=ns.eps, norm=ns.norm, pgd_steps=ns.pgd_steps,
+        noise_samples=ns.noise_samples, consistency_lambda=ns.consistency_lambda,
+        consistency_eta=ns.consistency_eta, smoothadv_eps=ns.smoothadv_eps, smoothadv_steps=ns.smoothadv_steps,
+    )
     check_out_dir(ns.out)  # now, not after the first epoch, when the model is first saved
     prepare_training_dir(ns.out, force=ns.force)
     train_data = load_dataset(ns.dataset, "train", ns.data_dir)

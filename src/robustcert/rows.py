@@ -90,10 +90,24 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
 
 @dataclass(kw_only=True, slots=True)
 class SmoothingRow(Row):
-    """A randomized-smoothing certificate (Cohen et al.): with probability ≥ 1 − alpha over the sampling,
-    the smoothed classifier predicts ``prediction`` everywhere in the L2 ball of radius ``radius``."""
+    """A randomized-smoothing certificate: with probability ≥ 1 − alpha over the sampling, the smoothed
+    classifier predicts ``prediction`` everywhere in the L2 ball of radius ``radius``.
+
+    ``procedure`` is ``"cohen"`` (Cohen et al.'s fixed-n CERTIFY; ``n`` estimation samples) or
+    ``"adaptive"`` (robustcert.smoothing.adaptive: sampling stops when an anytime-valid confidence
+    sequence decides; ``n`` is the budget). ``samples`` is the number of base-model evaluations actually
+    made, n0 + the estimation samples drawn, and ``count`` the candidate's votes among those estimation
+    samples. ``target_radius`` is set in the adaptive target mode, where ``certified`` means "certified at
+    ``target_radius``" (then ``radius`` = ``target_radius``); otherwise ``certified`` means "not abstained".
+    Rows written before these fields existed are Cohen's, with ``samples`` = n0 + n.
+    ``float_model`` says which base classifier the radius is about: ``"real"`` (Cohen's guarantee: exact
+    Gaussian noise, the base model in real arithmetic; the default) or ``"float32"``/``"float64"``
+    (``--sound-fp``: inputs on the grid ``grid``, e.g. ``"1/255"``, noise the Gaussian rounded to it, the
+    model as run in that precision; robustcert.smoothing.sound_fp).
+    """
 
     family: ClassVar[str] = "smoothing"
+    procedures: ClassVar[tuple[str, ...]] = ("cohen", "adaptive")
 
     radius: float
     sigma: float
@@ -103,6 +117,19 @@ class SmoothingRow(Row):
     pA_lower: float
     alpha: float
     base_correct: bool
+    samples: int = -1  # −1: not recorded (a row from before the field existed) → n0 + n, set below
+    procedure: str = "cohen"
+    target_radius: float | None = None
+    float_model: str = "real"
+    grid: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.procedure not in self.procedures:
+            raise RobustCertError(
+                f"smoothing row field 'procedure' must be one of {', '.join(self.procedures)}, got {self.procedure!r}"
+            )
+        if self.samples == -1 and self.procedure == "cohen":
+            self.samples = self.n0 + self.n
 
 
 @dataclass(kw_only=True, slots=True)

@@ -53,6 +53,10 @@ def calibrate_smoothing(
     wrong = 0
     for row in certified:
         smoothed = SmoothedClassifier(model, sigma=row.sigma, num_classes=num_classes)
+        if row.grid is not None:  # a --sound-fp row: its p_A is about the noise rounded to its grid
+            from robustcert.smoothing.sound_fp import SoundSmoothedClassifier
+
+            smoothed = SoundSmoothedClassifier(model, sigma=row.sigma, num_classes=num_classes, grid=row.grid)
         n_fresh = 4 * row.n
         counts = smoothed.sample_counts(
             data.x[row.index], n_fresh, batch_size=1000,

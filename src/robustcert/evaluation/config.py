@@ -30,7 +30,10 @@ SECTIONS = ("data", "model", "threat", "methods", "validation")
 DATA_KEYS = ("dataset", "split", "limit", "indices", "seed", "data_dir")
 MODEL_KEYS = ("name", "path", "train", "input_range", "mean", "std", "class_names", "trust_file")
 FILE_MODEL_KEYS = ("input_range", "mean", "std", "class_names", "trust_file")  # what a path's file cannot say
-TRAIN_KEYS = ("arch", "method", "epochs", "batch_size", "lr", "sigma", "eps", "norm", "pgd_steps")
+TRAIN_KEYS = (
+    "arch", "method", "epochs", "batch_size", "lr", "sigma", "eps", "norm", "pgd_steps",
+    "noise_samples", "consistency_lambda", "consistency_eta", "smoothadv_eps", "smoothadv_steps",
+)
 THREAT_KEYS = ("eps", "target")
 SELECTION_KEYS = ("models", "eps", "limit")  # which runs of a method, besides its parameters
 VALIDATION_DEFAULTS: dict[str, Any] = {
