@@ -1,23 +1,52 @@
-"""Cost of IBP, CROWN and alpha-CROWN relative to one forward pass, and their peak memory.
+"""Cost of IBP, CROWN and alpha-CROWN relative to one forward pass, and their peak memory; on trained deep
+models, also what the float rounding margins cost (verified examples and time).
 
-    .venv/bin/python bench/bounds.py [--batch 128] [--eps 0.01] [--repeats 5] [--threads 2]
+    .venv/bin/python bench/bounds.py [--batch 128] [--eps 0.01] [--repeats 5] [--threads 1]
+    .venv/bin/python bench/bounds.py --deep [--repeats 3] [--limit 1000] [--crown-limit 300] [--resnet-limit 200]
 
-For each architecture (mlp-2x256, cnn-small; random weights, 1x28x28 inputs, batch 128) and method,
-every measurement runs in a fresh subprocess: it builds the model and inputs, warms up once, records
-``ru_maxrss`` (peak resident set size, from ``resource.getrusage``), then times the method (median of
-``--repeats`` runs; 1 run for the slow ones) and reports the growth of ``ru_maxrss`` over that
-baseline, i.e. the extra peak memory the method needed. The forward pass is the float32 model.
+Default mode. For each architecture (mlp-2x256, cnn-small; random weights, 1x28x28 inputs, batch 128)
+and method, every measurement runs in a fresh subprocess: it builds the model and inputs, warms up once,
+records ``ru_maxrss`` (peak resident set size, from ``resource.getrusage``), then times the method
+(median of ``--repeats`` runs; 1 run for the slow ones) and reports the growth of ``ru_maxrss`` over
+that baseline, i.e. the extra peak memory the method needed. The forward pass is the float32 model.
+
+``--deep``. The trained models of ``bench/deep_models.py`` (Fashion-MNIST — ``make fashion-mnist`` —
+else digits; trained once, cached under ``--work``, resumable): MLPs 6x256 and 9x200, each trained
+normally and with PGD, and a small ResNet with BatchNorm and a max pool (``SmallResNet``), trained
+normally. Per model, eps is picked on a grid (bisection, first ``--pick-examples`` test examples) where
+the method WITHOUT any rounding margin verifies about ``--target`` (40%) of the correctly classified
+examples: once for CROWN (used by CROWN and alpha-CROWN) and once for IBP, whose share at CROWN's eps
+is ~0 on these nets. Per model and method (IBP, CROWN, alpha-CROWN with ``--alpha-steps``, intermediate
+bounds by CROWN) it reports
+
+* time per example and its ratio to a float32 forward pass: median of ``--repeats`` calls of the
+  public code path (``robustcert.bounds.api``, on a prebuilt Graph) on the first ``--time-batch``
+  examples (``--resnet-time-batch`` on the ResNet), with the default float32 rounding and with none;
+* the verified count (correct for the float32 model, every margin bound > 0) with no margin at all
+  (``none``: unsound, the reference), the legacy ``2^-30 (1 + M)`` margin, the sound ``float32``
+  margin (the default) and the ``real`` one (real-valued network), on the first ``--limit`` test
+  examples for IBP and ``--crown-limit`` (MLPs) / ``--resnet-limit`` (ResNet) for CROWN and
+  alpha-CROWN, whose counts come from one computation of the intermediate bounds
+  (``deep_models.worst_crown_alpha``, checked bit for bit against the public path on 4 examples);
+* float32 ÷ none (counts), the time cost of the margin (time float32 ÷ time none), and the median
+  relative lowering of the worst-class margin bound by the float32 margin on the examples ``none``
+  verifies.
+
+Results and the command: bench/results/bounds_deep.md. ``bench/margin_layers.py`` attributes the
+margins' cost to layers.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 ARCHS = ["mlp-2x256", "cnn-small"]
 METHODS = [
@@ -84,6 +113,175 @@ def run_one(arch: str, method: str, batch: int, eps: float, repeats: int, thread
     return {"seconds": statistics.median(times), "peak_mb": _maxrss_mb() - base, "runs": len(times)}
 
 
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _forward(model, x) -> None:
+    import torch
+
+    with torch.no_grad():
+        model(x)
+
+
+def _interleaved(runs: dict, repeats: int) -> tuple[dict[str, float], float]:
+    """Median seconds of each of ``runs`` ({"none": fn, "float32": fn}) after one warm-up each, the two
+    run alternately so that a change of machine load hits both; and the median of the per-round ratios
+    float32 / none."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {r: [] for r in runs}
+    for _ in range(repeats):
+        for r, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[r].append(time.perf_counter() - t0)
+    ratios = [f / n for f, n in zip(times["float32"], times["none"], strict=True)]
+    return {r: statistics.median(t) for r, t in times.items()}, statistics.median(ratios)
+
+
+DEEP_METHODS = (("ibp", "IBP"), ("crown", "CROWN"), ("alpha-crown", "alpha-CROWN"))
+
+
+def _counts_line(label: str, method: str, r: str, n: int, seconds: float) -> None:
+    print(f"    {label} {method} {r}: {n} verified ({seconds:.0f} s)", flush=True)
+
+
+def run_deep(a: argparse.Namespace) -> None:
+    """The deep-model table (see the module docstring)."""
+    import deep_models as dm
+    import torch
+
+    from robustcert.graph import to_graph
+
+    torch.set_num_threads(a.threads)
+    t_start = time.perf_counter()
+    a.work = a.work or str(dm.DEFAULT_WORK)
+    name, _, test = dm.data()
+    which = [m for m in dm.MODELS if not a.models or f"{m[0]}:{m[1]}" in a.models.split(",")]
+    print(
+        f"data {name} (test split), L-inf, torch threads {a.threads}; models cached in {a.work}\n"
+        f"examples counted: the first {a.limit} for IBP, {a.crown_limit} for CROWN and alpha-CROWN "
+        f"({a.resnet_limit} on {dm.RESNET}); verified = correctly classified by the float32 model and every "
+        "margin bound > 0;\n"
+        f"times: per example, median of {a.repeats} runs of one call on the first {a.time_batch} examples "
+        f"({a.resnet_time_batch} on {dm.RESNET}), public code path on a prebuilt Graph; forward = the float32 "
+        "model on the same batch;\n"
+        f"eps: grid eps where the method without margin verifies ~{a.target:.0%} of the correct ones among the "
+        f"first {a.pick_examples}; CROWN's eps is used for alpha-CROWN too, IBP gets its own; alpha-CROWN: "
+        f"{a.alpha_steps} steps; loss = median over the examples 'none' verifies of (margin bound with no "
+        "margin - with float32) / (margin bound with no margin)\n",
+        flush=True,
+    )
+    cols = (
+        "| model | clean acc | method | eps | examples | correct | s/example (float32) | × forward "
+        "| s/example (none) | verified: none | legacy | float32 | real | float32 ÷ none "
+        "| time float32 ÷ none | loss |"
+    )
+    lines = [cols, "|" + "---|" * (cols.count("|") - 1)]
+    for arch, tmethod, model, acc in dm.models(
+        Path(a.work), a.epochs, a.pgd_epochs, a.pgd_eps, a.resnet_epochs, which
+    ):
+        label = f"{arch} {tmethod}"
+        resnet = arch == dm.RESNET
+        tb = a.resnet_time_batch if resnet else a.time_batch
+        xs, ys = test.x[: a.limit], test.y[: a.limit]
+        graph = to_graph(model, tuple(xs.shape[1:]))
+        with torch.no_grad():
+            correct = model(xs).argmax(1) == ys  # the float32 model's prediction
+        xt, yt = xs[:tb], ys[:tb]
+        forward = functools.partial(_forward, model, xt)
+        forward()
+        fwd = _median_seconds(forward, max(25, a.repeats)) / tb
+        eps_of: dict[str, float] = {}
+        for bm in ("ibp", "crown"):
+            if a.eps is not None:
+                eps_of[bm] = a.eps
+                continue
+            t0 = time.perf_counter()
+            picked, share = dm.pick_eps(
+                graph, xs, ys, correct, a.pick_examples, (a.target,), method=bm, batch=a.batch
+            )
+            eps_of[bm] = picked[0]
+            shares = ", ".join(f"{e:g}: {v:.0%}" for e, v in share.items())
+            print(f"  {label}: {bm} eps {picked[0]:g} ({time.perf_counter() - t0:.0f} s; shares {shares})")
+        eps_of["alpha-crown"] = eps_of["crown"]
+        worst: dict[str, dict[str, torch.Tensor]] = {bm: {} for bm, _ in DEEP_METHODS}
+        if not a.skip_counts:
+            # worst-class margin bounds per method and rounding, and the examples counted
+            for r, _ in dm.ROUNDINGS:
+                t0 = time.perf_counter()
+                worst["ibp"][r] = dm.worst(graph, xs, ys, eps_of["ibp"], r, method="ibp", batch=a.batch)
+                _counts_line(
+                    label, "ibp", r, int(((worst["ibp"][r] > 0) & correct).sum()), time.perf_counter() - t0
+                )
+            n_crown = a.resnet_limit if resnet else a.crown_limit
+            # check the shared-intermediate shortcut against the public path on a few examples
+            chk = dm.worst_crown_alpha(
+                graph, xs[:4], ys[:4], eps_of["crown"], "float32", alpha_steps=a.alpha_steps
+            )
+            for bm, got in zip(("crown", "alpha-crown"), chk, strict=True):
+                ref = dm.worst(
+                    graph, xs[:4], ys[:4], eps_of[bm], "float32", method=bm, alpha_steps=a.alpha_steps
+                )
+                assert torch.equal(got, ref), f"worst_crown_alpha differs from the API on {label} {bm}"
+            for r, _ in dm.ROUNDINGS:
+                t0 = time.perf_counter()
+                wc, wa = dm.worst_crown_alpha(
+                    graph,
+                    xs[:n_crown],
+                    ys[:n_crown],
+                    eps_of["crown"],
+                    r,
+                    batch=a.batch,
+                    alpha_steps=a.alpha_steps,
+                )
+                worst["crown"][r], worst["alpha-crown"][r] = wc, wa
+                secs = time.perf_counter() - t0
+                for bm, w in (("crown", wc), ("alpha-crown", wa)):
+                    _counts_line(label, bm, r, int(((w > 0) & correct[:n_crown]).sum()), secs)
+        for bm, bm_label in DEEP_METHODS:
+            eps = eps_of[bm]
+            n, n_ok, counts, ratio, loss = "-", "-", {r: "-" for r, _ in dm.ROUNDINGS}, "-", "-"
+            if worst[bm]:
+                ok = correct[: len(worst[bm]["none"])]
+                n, n_ok = str(len(ok)), str(int(ok.sum()))
+                num = {r: int(((worst[bm][r] > 0) & ok).sum()) for r, _ in dm.ROUNDINGS}
+                counts = {r: str(v) for r, v in num.items()}
+                ref = (worst[bm]["none"] > 0) & ok
+                rel = (worst[bm]["none"] - worst[bm]["float32"])[ref] / worst[bm]["none"][ref]
+                loss = f"{rel.median().item():.1e}" if ref.any() else "-"
+                ratio = f"{num['float32'] / num['none']:.2%}" if num["none"] else "-"
+            runs = {
+                r: functools.partial(
+                    dm.worst, graph, xt, yt, eps, r, method=bm, batch=tb, alpha_steps=a.alpha_steps
+                )
+                for r in ("none", "float32")
+            }
+            per_ex, cost = _interleaved(runs, a.repeats)
+            per_ex = {r: v / tb for r, v in per_ex.items()}
+            line = (
+                f"| {label} | {acc:.4f} | {bm_label} | {eps:g} | {n} | {n_ok} "
+                f"| {per_ex['float32']:.2e} | {per_ex['float32'] / fwd:,.0f} | {per_ex['none']:.2e} "
+                + "".join(f"| {counts[r]} " for r, _ in dm.ROUNDINGS)
+                + f"| {ratio} | {cost:.2f} | {loss} |"
+            )
+            lines.append(line)
+            print(line, flush=True)
+        print(
+            f"  {label}: forward {fwd:.2e} s/example; elapsed {time.perf_counter() - t_start:.0f} s",
+            flush=True,
+        )
+    print()
+    print("\n".join(lines))
+    print(f"\nwall time {time.perf_counter() - t_start:.0f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=128)
@@ -92,7 +290,34 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--one", nargs=2, metavar=("ARCH", "METHOD"), help=argparse.SUPPRESS)
+    deep = p.add_argument_group("deep models (--deep)")
+    deep.add_argument(
+        "--deep", action="store_true", help="the trained deep models and the float margins' cost"
+    )
+    deep.add_argument("--models", default="", help="comma-separated arch:method (default: all of them)")
+    deep.add_argument("--limit", type=int, default=1000, help="test examples counted by IBP")
+    deep.add_argument("--crown-limit", type=int, default=300, help="... by CROWN, alpha-CROWN (MLPs)")
+    deep.add_argument("--resnet-limit", type=int, default=200, help="... by CROWN, alpha-CROWN (ResNet)")
+    deep.add_argument("--time-batch", type=int, default=20, help="examples per timed call (MLPs)")
+    deep.add_argument("--resnet-time-batch", type=int, default=10, help="examples per timed call (ResNet)")
+    deep.add_argument("--pick-examples", type=int, default=100, help="examples used to pick eps")
+    deep.add_argument("--target", type=float, default=0.4, help="share verified without margin at the eps")
+    deep.add_argument("--deep-eps", dest="deep_eps", type=float, default=None, help="fixed eps instead")
+    deep.add_argument("--alpha-steps", type=int, default=20)
+    deep.add_argument("--skip-counts", action="store_true", help="times only (eps still picked)")
+    deep.add_argument("--epochs", type=int, default=10, help="standard training epochs (MLPs)")
+    deep.add_argument("--pgd-epochs", type=int, default=5, help="PGD training epochs (MLPs)")
+    deep.add_argument("--pgd-eps", type=float, default=0.05, help="L-inf budget of PGD training")
+    deep.add_argument("--resnet-epochs", type=int, default=5)
+    deep.add_argument(
+        "--work", default=None, help="model cache, resumable (default: $TMPDIR/robustcert-bench-deep)"
+    )
     a = p.parse_args()
+    if a.deep:
+        a.batch = min(a.batch, 100)
+        a.eps = a.deep_eps
+        run_deep(a)
+        return
     if a.one:
         print(json.dumps(run_one(a.one[0], a.one[1], a.batch, a.eps, a.repeats, a.threads)))
         return
