@@ -5,13 +5,29 @@ batched forward passes of the base model on noisy inputs (noise drawn the same w
 runs. Also reported: the ratio against forward passes alone (noise pre-drawn), and samples per second.
 
     .venv/bin/python bench/smoothing.py [--repeats 5] [--n 10000] [--batch 1000]
+
+``--summarize`` instead combines the outputs of bench/smoothing_adaptive.py (its ``--json`` files and its
+``--cohen-rows`` caches) into one table per σ × training method — Cohen (n = 100,000) certified accuracy at
+r ∈ {0, 0.25, 0.5, 0.75, 1.0}, average certified radius, mean samples and median seconds per example, and
+the adaptive target mode at R = σ and 2σ — and plots Cohen's certified accuracy against the radius:
+
+    .venv/bin/python bench/smoothing.py --summarize --adaptive-json A.json [B.json ...]
+        --cohen-rows 'DIR/cohen-rows-*.json' [--out TABLE.md] [--plot CURVES.png]
+
+Each adaptive result is matched to the Cohen rows of the same model file (SHA-256) and example count.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
+import shlex
 import statistics
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -68,13 +84,175 @@ def measure(name: str, data_name: str, n0: int, n: int, batch: int, repeats: int
     }
 
 
+RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+METHOD_ORDER = {"gaussian": 0, "consistency": 1, "smoothadv": 2}
+
+
+def certified_accuracy(rows: list[dict[str, Any]], radius: float) -> float:
+    """Fraction of the examples correct with certified radius ≥ ``radius`` (abstentions are not correct)."""
+    return sum(1 for r in rows if r["correct"] and r["radius"] >= radius) / len(rows)
+
+
+def summarize(
+    adaptive_jsons: list[Path], cohen_patterns: list[str], out: Path | None, plot: Path | None, note: str = ""
+) -> str:
+    """The combined Cohen-vs-adaptive table (Markdown) per σ × method; optionally the curves plot."""
+    from robustcert.models import file_sha256
+
+    cohen_files = sorted({Path(f) for pattern in cohen_patterns for f in glob.glob(pattern)})
+    caches = [json.loads(f.read_text()) | {"file": str(f)} for f in cohen_files]
+    groups: dict[tuple[str, float], dict[str, Any]] = {}
+    for path in adaptive_jsons:
+        for res in json.loads(path.read_text())["results"]:
+            key = (res["method"], float(res["sigma"]))
+            group = groups.setdefault(
+                key, {"model": res["model"], "examples": res["examples"], "adaptive": []}
+            )
+            if group["model"] != res["model"] or group["examples"] != res["examples"]:
+                raise SystemExit(f"{key}: results from two different runs ({path})")
+            group["adaptive"].append(res)
+    for (method, sigma), group in groups.items():
+        digest = file_sha256(Path(group["model"]) / "model.pt")
+        found = [
+            c
+            for c in caches
+            if c["key"]["model"] == digest
+            and c["key"]["count"] == group["examples"]
+            and abs(float(c["key"]["sigma"]) - sigma) < 1e-9
+        ]
+        if not found:
+            raise SystemExit(f"no Cohen rows for {method} σ={sigma:g} ({group['model']}) among {cohen_files}")
+        group["cohen"] = found[0]["rows"]
+        group["cohen_n"] = found[0]["key"]["n"]
+        group["cohen_file"] = found[0]["file"]
+        group["adaptive"].sort(key=lambda r: r["radius"])
+
+    order = sorted(groups, key=lambda k: (k[1], METHOD_ORDER.get(k[0], 9), k[0]))
+    head = (
+        "| σ | method | examples | " + " | ".join(f"Cohen r={r:g}" for r in RADII) + " | Cohen ACR "
+        "| Cohen samples/ex | Cohen median s/ex | adaptive R=σ acc | samples/ex | ratio | median s/ex "
+        "| adaptive R=2σ acc | samples/ex | ratio | median s/ex |"
+    )
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for key in order:
+        g = groups[key]
+        rows = g["cohen"]
+        acr = statistics.mean(r["radius"] if r["correct"] else 0.0 for r in rows)
+        cells = [f"{key[1]:g}", key[0], str(len(rows))]
+        cells += [f"{100 * certified_accuracy(rows, r):.1f}%" for r in RADII]
+        cells += [
+            f"{acr:.3f}",
+            f"{statistics.mean(r['samples'] for r in rows):,.0f}",
+            f"{statistics.median(r['seconds'] for r in rows):.2f}",
+        ]
+        for a in g["adaptive"][:2]:
+            cells += [
+                f"{100 * a['adaptive_certified_accuracy']:.1f}% (Cohen {100 * a['cohen_certified_accuracy']:.1f}%)",
+                f"{a['adaptive_mean_samples']:,.0f}",
+                f"{a['sample_ratio']:.1f}×",
+                f"{a['adaptive_median_seconds']:.3f}",
+            ]
+        cells += ["–"] * (4 * max(0, 2 - len(g["adaptive"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+        styles = {"gaussian": "-", "consistency": "--", "smoothadv": ":"}
+        colors = {0.12: "tab:green", 0.25: "tab:blue", 0.5: "tab:red"}
+        for key in order:
+            rows = groups[key]["cohen"]
+            top = max([1.0, *(r["radius"] for r in rows)])
+            grid = [i * top / 400 for i in range(401)]
+            ax.plot(
+                grid,
+                [100 * certified_accuracy(rows, r) for r in grid],
+                styles.get(key[0], "-."),
+                color=colors.get(key[1]),
+                label=f"{key[0]} σ={key[1]:g} ({len(rows)} ex.)",
+            )
+        ax.set_xlabel("L2 radius r")
+        ax.set_ylabel("certified accuracy (%)")
+        ax.set_title("Fashion-MNIST cnn-small, Cohen CERTIFY n=100,000, alpha=0.001")
+        ax.set_ylim(0, 100)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot)
+        plt.close(fig)
+
+    if out is not None:
+        argv = sys.argv[1:]
+        if "--note" in argv:  # the note is printed below the table, not repeated in the command
+            at = argv.index("--note")
+            argv = argv[:at] + argv[at + 2 :]
+        command = (
+            "cd /work/main && .venv/bin/python bench/smoothing.py "
+            + shlex.join(argv)
+            + " [--note TEXT]" * bool(note)
+        )
+        sources = ", ".join(f"`{g['cohen_file']}`" for g in (groups[k] for k in order))
+        out.write_text(
+            "\n".join(
+                [
+                    "# Randomized smoothing on Fashion-MNIST: certified accuracy, ACR, Cohen fixed n vs adaptive",
+                    "",
+                    f"Command: `{command}`",
+                    "",
+                    "Inputs: `bench/smoothing_adaptive.py --json` results ("
+                    + ", ".join(f"`{p}`" for p in adaptive_jsons)
+                    + f") and its cached Cohen rows ({sources}).",
+                    "",
+                    "Cohen columns: CERTIFY with n0 = 100, n = 100,000, alpha = 0.001; certified accuracy at r = fraction of "
+                    "the examples whose smoothed prediction is correct with certified radius ≥ r (abstentions count as "
+                    "wrong); ACR = mean of the radius if correct, else 0. Adaptive columns: the anytime-valid target mode "
+                    "(`target_radius` = R, `max_n` = 100,000, same seed and examples), its certified accuracy at R (Cohen's "
+                    "at the same R in parentheses), mean samples per example (n0 + estimation), ratio = Cohen samples ÷ "
+                    "adaptive samples, median wall seconds per example. Seconds are on a shared 2-core machine with other "
+                    "jobs running (1 torch thread per process), so they are inflated and comparable only within a run.",
+                    "",
+                    table,
+                    "",
+                    *([note, ""] if note else []),
+                    "![certified accuracy vs radius](../../docs/smoothing_curves.png)" if plot else "",
+                    "",
+                ]
+            )
+        )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n0", type=int, default=100)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument(
+        "--summarize", action="store_true", help="combine bench/smoothing_adaptive.py outputs"
+    )
+    parser.add_argument(
+        "--adaptive-json", type=Path, nargs="+", default=[], help="smoothing_adaptive.py --json files"
+    )
+    parser.add_argument(
+        "--cohen-rows", nargs="+", default=[], help="Cohen row caches (glob patterns allowed)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="--summarize: write the Markdown table here")
+    parser.add_argument("--plot", type=Path, default=None, help="--summarize: write the curves (PNG) here")
+    parser.add_argument("--note", default="", help="--summarize: a paragraph added under the table")
     args = parser.parse_args()
+    if args.summarize:
+        if not args.adaptive_json or not args.cohen_rows:
+            parser.error("--summarize needs --adaptive-json and --cohen-rows")
+        print(summarize(args.adaptive_json, args.cohen_rows, args.out, args.plot, args.note))
+        return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; n0={args.n0} n={args.n} batch={args.batch}; "
         f"median of {args.repeats} runs"
