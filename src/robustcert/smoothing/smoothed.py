@@ -151,15 +151,16 @@ class SmoothedClassifier:
         seed = check_seed(seed)
         x = self._check_input(x)
 
+        selection_seed, estimation_seed = self._certify_seeds(seed)
         with eval_mode(self.base_model), torch.inference_mode():
-            counts0 = self._counts(x, n0, batch_size, _stream_seed(seed, _STREAM_SELECTION))
-            counts = self._counts(x, n, batch_size, _stream_seed(seed, _STREAM_ESTIMATION))
+            counts0 = self._counts(x, n0, batch_size, selection_seed)
+            counts = self._counts(x, n, batch_size, estimation_seed)
         selection = tuple(int(c) for c in counts0.tolist())
         estimation = tuple(int(c) for c in counts.tolist())
 
         candidate = max(range(self.num_classes), key=lambda c: (selection[c], -c))  # ties → lowest index
         count = estimation[candidate]
-        pa_lower = clopper_pearson_lower(count, n, alpha)
+        pa_lower = self.certified_lower(clopper_pearson_lower(count, n, alpha), int(x.numel()))
         if pa_lower > 0.5:
             prediction, radius = candidate, self.sigma * float(norm.ppf(pa_lower))
         else:
@@ -226,6 +227,17 @@ class SmoothedClassifier:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
             raise RobustCertError(f"{name} must be a positive integer ({example}), got {value!r}")
         return int(value)
+
+    def certified_lower(self, pa_lower: float, dim: int) -> float:
+        """The lower bound on p_A that a radius (σΦ⁻¹) or a threshold test may use, given a (1 − α)
+        Clopper–Pearson bound ``pa_lower`` from this classifier's own samples of an input of ``dim``
+        values: ``pa_lower`` itself here (Cohen's real-arithmetic guarantee); a subclass whose sampler
+        only approximates its noise law lowers it by that approximation's error."""
+        return float(pa_lower)
+
+    def _certify_seeds(self, seed: int) -> tuple[int, int]:
+        """The stream seeds of CERTIFY's selection (n0) and estimation (n) samples: independent."""
+        return _stream_seed(seed, _STREAM_SELECTION), _stream_seed(seed, _STREAM_ESTIMATION)
 
     def _model_place(self, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:
         for tensor in (*self.base_model.parameters(), *self.base_model.buffers()):

@@ -80,6 +80,7 @@ joint law is within n·d·τ of the exact one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -93,10 +94,9 @@ from scipy.stats import norm
 from torch import Tensor, nn
 
 from robustcert.errors import RobustCertError
-from robustcert.models.modes import eval_mode
-from robustcert.seeding import check_seed, derived_seed, torch_generator
-from robustcert.smoothing.smoothed import ABSTAIN, Certificate, SmoothedClassifier
-from robustcert.smoothing.stats import check_level, clopper_pearson_lower
+from robustcert.seeding import derived_seed, torch_generator
+from robustcert.smoothing.smoothed import Certificate, SmoothedClassifier
+from robustcert.smoothing.stats import clopper_pearson_lower
 
 #: Uniform bits per noise coordinate (torch.randint(0, 2**62) is exactly uniform: 2**64 % 2**62 == 0).
 BITS = 62
@@ -502,45 +502,24 @@ class SoundSmoothedClassifier(SmoothedClassifier):
         g(x̄ + δ) = prediction for every real δ with ‖δ‖₂ < radius, g the Gaussian smoothing of the model
         as run (h = f ∘ ψ ∘ ρ), x̄ = k·q the grid point x stands for. Same seeding contract as
         :meth:`SmoothedClassifier.certify` (its own streams)."""
-        n0 = self._positive_int(n0, "n0", "e.g. 100")
-        n = self._positive_int(n, "n", "e.g. 100000")
-        batch_size = self._positive_int(batch_size, "batch_size", "e.g. 1000")
-        alpha = check_level(alpha)
-        seed = check_seed(seed)
-        x = self._check_input(x)
-
-        with eval_mode(self.base_model), torch.inference_mode():
-            counts0 = self._counts(x, n0, batch_size, derived_seed(_DOMAIN, 0, seed))
-            counts = self._counts(x, n, batch_size, derived_seed(_DOMAIN, 1, seed))
-        selection = tuple(int(c) for c in counts0.tolist())
-        estimation = tuple(int(c) for c in counts.tolist())
-
-        candidate = max(range(self.num_classes), key=lambda c: (selection[c], -c))
-        count = estimation[candidate]
-        pa_sampled = clopper_pearson_lower(count, n, alpha)
-        dim = int(x.numel())
-        pa = sound_pa(pa_sampled, self.sigma, self.grid, dim=dim, bits=self.noise.bits)
-        if pa > 0.5:
-            prediction, radius = candidate, self.sigma * float(norm.ppf(pa))
-        else:
-            prediction, radius = ABSTAIN, 0.0
+        cert = super().certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed)
+        dim = int(np.prod(tuple(x.shape)))
         return SoundCertificate(
-            prediction=prediction,
-            radius=radius,
-            count=count,
-            pA_lower=pa,
-            n0=n0,
-            n=n,
-            alpha=alpha,
-            sigma=self.sigma,
-            candidate=candidate,
-            counts_selection=selection,
-            counts_estimation=estimation,
-            pA_lower_sampled=pa_sampled,
+            **{f.name: getattr(cert, f.name) for f in dataclasses.fields(cert)},
+            pA_lower_sampled=clopper_pearson_lower(cert.count, cert.n, cert.alpha),
             tv_bound=dim * self.noise.tv,
             grid=self.grid.text,
-            float_model=str(x.dtype).replace("torch.", ""),
+            float_model=str(self._model_place(torch.as_tensor(x))[1]).replace("torch.", ""),
         )
+
+    def certified_lower(self, pa_lower: float, dim: int) -> float:
+        """:func:`sound_pa`: the sampled bound lowered by the sampler's distance from the rounded
+        Gaussian over ``dim`` coordinates (and the float64 slack of the bound's evaluation)."""
+        return sound_pa(pa_lower, self.sigma, self.grid, dim=dim, bits=self.noise.bits)
+
+    def _certify_seeds(self, seed: int) -> tuple[int, int]:
+        """Streams of their own (domain "sfp1"), apart from the Gaussian classifier's."""
+        return derived_seed(_DOMAIN, 0, seed), derived_seed(_DOMAIN, 1, seed)
 
     def predict(
         self, x: torch.Tensor, n: int = 1000, alpha: float = 0.001, batch_size: int = 1000, seed: int = 0
@@ -613,11 +592,8 @@ def certify_sound(
 
 
 def certified_pa_lower(smoothed: SmoothedClassifier, pA_lower: float, dim: int) -> float:
-    """The lower bound on pA that a radius (σΦ⁻¹) or a threshold test may use, given a (1 − α) lower
-    bound ``pA_lower`` from ``smoothed``'s own samples on an input of ``dim`` values: ``pA_lower`` itself
-    for Cohen's :class:`SmoothedClassifier` (real-arithmetic guarantee), :func:`sound_pa` for a
+    """``smoothed.certified_lower(pA_lower, dim)``: the bound a radius or a threshold test may use —
+    ``pA_lower`` itself for Cohen's :class:`SmoothedClassifier`, :func:`sound_pa` for a
     :class:`SoundSmoothedClassifier` (for procedures, e.g. adaptive ones, that draw through
     ``smoothed._counts`` and compute their own bound)."""
-    if isinstance(smoothed, SoundSmoothedClassifier):
-        return sound_pa(pA_lower, smoothed.sigma, smoothed.grid, dim=dim, bits=smoothed.noise.bits)
-    return float(pA_lower)
+    return smoothed.certified_lower(pA_lower, dim)
