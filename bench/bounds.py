@@ -3,6 +3,7 @@ models, also what the float rounding margins cost (verified examples and time).
 
     .venv/bin/python bench/bounds.py [--batch 128] [--eps 0.01] [--repeats 5] [--threads 1]
     .venv/bin/python bench/bounds.py --deep [--repeats 3] [--limit 1000] [--crown-limit 300] [--resnet-limit 200]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bounds.py --reference [--ref-eps 0.03] [--repeats 3] [--threads 1]
 
 Default mode. For each architecture (mlp-2x256, cnn-small; random weights, 1x28x28 inputs, batch 128)
 and method, every measurement runs in a fresh subprocess: it builds the model and inputs, warms up once,
@@ -34,6 +35,36 @@ bounds by CROWN) it reports
 
 Results and the command: bench/results/bounds_deep.md. ``bench/margin_layers.py`` attributes the
 margins' cost to layers.
+
+``--reference``. Our side of the auto_LiRPA 0.7.1 comparison of issue 14; the auto_LiRPA figures are
+hard-coded (``REF_*``, quoted from the issue, measured there on the same machine class). Same setup as
+the issue: models built with ``torch.manual_seed(0)`` and default init, no normalisation layer (mlp
+784-256-256-10, cnn 2 conv + 2 linear, deep = 6x256 ReLU MLP); inputs ``torch.manual_seed(1)``,
+``x = torch.rand(128, 1, 28, 28)`` (batch 8 = its first 8), ``y = model(x).argmax(1)``; the box
+``[x - eps, x + eps] ∩ [0, 1]`` with one eps (``--ref-eps``, 0.03) for all rows; margins e_y - e_j.
+Each row runs in a fresh subprocess (as the default mode): build model, inputs and the Graph
+(``graph_from_module``), time the float32 forward pass of the batch (median of 20), warm up the method
+on 2 examples, record ``ru_maxrss``, make one full warm-up call, then time ``--repeats`` calls of
+``margin_lower(graph, x, y, eps=..., method=...)`` (median); peak MB = growth of ``ru_maxrss`` over that
+baseline. Reported: seconds, × our forward, time ÷ the reference's time, and (forward multiple) ÷ (the
+reference's forward multiple), the machine-independent comparison that the targets use (CROWN ≤ 0.5,
+i.e. ≤ 600× forward on mlp b128 and ≤ 1,050× on cnn b128; alpha-CROWN ≤ 0.1, i.e. ≥ 10× faster).
+alpha-CROWN (20 steps, lr 0.1) is also run with ``alpha_intermediate=True`` ("not available" if
+``margin_lower`` rejects that keyword). Gains: mean over the first 8 examples and j != y of
+(alpha-CROWN - CROWN) margin bounds, against the issue's.
+
+Distance from the arithmetic limit (CROWN rows): the multiply-adds (MACs) of the unavoidable backward
+products, with per-example layer costs ``M_i`` = forward MACs of affine layer i (in × out for Linear,
+out_numel × in_channels × kh × kw for Conv2d; a dense row costs the same backward) and ``U_k`` = the
+neurons of ReLU k (k = 1, 2, ...) that plain IBP from the input box leaves unstable (lo < 0 < hi),
+summed over the batch::
+
+    MACs = sum_k U_k × 2 × (M_1 + ... + M_{k-1})      # intermediate bounds, lower + upper rows
+         + B × (K - 1) × (M_1 + ... + M_L)            # final margin rows, K = 10 classes
+    limit = MACs / (B × (M_1 + ... + M_L))            # in forward passes of the batch
+
+(biases, ReLU relaxations and the concretisation against the box are left out). The column reports
+time ÷ (limit × our forward time). Results and the command: bench/results/bounds_reference.md.
 """
 
 from __future__ import annotations
@@ -41,7 +72,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -282,11 +315,226 @@ def run_deep(a: argparse.Namespace) -> None:
     print(f"\nwall time {time.perf_counter() - t_start:.0f} s")
 
 
+# --reference: issue 14's figures for auto_LiRPA 0.7.1 (quoted, not measured here)
+REF_FORWARD_S = {"mlp": 0.70e-3, "cnn": 2.88e-3, "deep": 1.39e-3}  # forward pass, batch 128
+REF_ALPHA_S = 64.5  # mlp alpha-CROWN b128, 20 steps, lr 0.1
+REF_GAIN = {"mlp": 0.024, "cnn": 0.0090, "deep": 4.7}  # mean alpha - CROWN, first 8 examples
+# (model, label, method, batch, reference seconds, reference note, target of (× forward) ÷ reference's)
+REF_ROWS = [
+    ("mlp", "IBP", "ibp", 128, 4.5e-3, "", None),
+    ("mlp", "CROWN", "crown", 128, 0.85, "", 0.5),
+    ("mlp", "CROWN", "crown", 8, 44e-3, "", None),
+    ("cnn", "IBP", "ibp", 128, 8.5e-3, "", None),
+    ("cnn", "CROWN", "crown", 128, 6.15, ", 1.5 GB", 0.5),
+    ("deep", "CROWN", "crown", 128, 6.22, "", None),
+    ("mlp", "α-CROWN 20 steps, lr 0.1", "alpha-crown", 128, REF_ALPHA_S, "", 0.1),
+    ("mlp", "α-CROWN, alpha_intermediate=True", "alpha-crown-int", 128, REF_ALPHA_S, "", 0.1),
+]
+
+
+def ref_model(name: str):
+    """The issue's models: torch.manual_seed(0), default init, eval mode."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    if name == "mlp":
+        layers = [nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)]
+    elif name == "cnn":
+        layers = [nn.Conv2d(1, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(), nn.Flatten()]
+        layers += [nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10)]
+    else:  # deep
+        layers = []
+        for d in [784] + [256] * 5:
+            layers += [nn.Linear(d, 256), nn.ReLU()]
+        layers.append(nn.Linear(256, 10))
+    if name != "cnn":
+        layers.insert(0, nn.Flatten())
+    return nn.Sequential(*layers).eval()
+
+
+def ref_inputs(model, batch: int):
+    """The issue's inputs: torch.manual_seed(1), 128 uniform images in [0, 1], their first ``batch``."""
+    import torch
+
+    torch.manual_seed(1)
+    x = torch.rand(128, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return x[:batch], y[:batch]
+
+
+def arithmetic_limit(model, x, eps: float) -> float:
+    """The unavoidable MACs of CROWN, in forward passes of the batch (formula: module docstring)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    lo, hi = (x - eps).clamp(0, 1).double(), (x + eps).clamp(0, 1).double()
+    macs: list[int] = []  # per-example forward MACs of the affine layers so far
+    intermediate = 0
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):  # interval arithmetic: centre and radius
+                w, mid, rad = layer.weight.double(), (lo + hi) / 2, (hi - lo) / 2
+                if isinstance(layer, nn.Linear):
+                    mid, rad = F.linear(mid, w, layer.bias.double()), F.linear(rad, w.abs())
+                else:
+                    conv = functools.partial(F.conv2d, stride=layer.stride, padding=layer.padding)
+                    mid, rad = conv(mid, w, layer.bias.double()), conv(rad, w.abs())
+                macs.append(mid[0].numel() * w[0].numel())  # out × in (Linear), out × in_ch × kh × kw (conv)
+                lo, hi = mid - rad, mid + rad
+            elif isinstance(layer, nn.ReLU):
+                unstable = int(((lo < 0) & (hi > 0)).sum())
+                intermediate += unstable * 2 * sum(macs[:-1])  # rows back through the earlier layers
+                lo, hi = lo.clamp(min=0), hi.clamp(min=0)
+            else:  # Flatten
+                lo, hi = layer(lo), layer(hi)
+    batch, classes = x.shape[0], lo.shape[1]
+    final = batch * (classes - 1) * sum(macs)
+    return (intermediate + final) / (batch * sum(macs))
+
+
+def run_ref_one(name: str, method: str, batch: int, eps: float, repeats: int, threads: int) -> dict:
+    """One measurement of ``--reference`` (in its own process): see the module docstring."""
+    import torch
+
+    from robustcert.bounds import margin_lower
+    from robustcert.graph import graph_from_module
+
+    torch.set_num_threads(threads)
+    model = ref_model(name)
+    x, y = ref_inputs(model, batch)
+    graph = graph_from_module(model, (1, 28, 28))
+    out = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    if method == "gain":  # alpha-CROWN - CROWN, mean over the examples and j != y
+        crown = margin_lower(graph, x, y, eps=eps, method="crown")
+        off = torch.ones_like(crown, dtype=torch.bool)
+        off[torch.arange(len(y)), y] = False
+        for key, extra in (("alpha", {}), ("alpha_int", {"alpha_intermediate": True})):
+            try:
+                alpha = margin_lower(
+                    graph, x, y, eps=eps, method="alpha-crown", alpha_steps=20, alpha_lr=0.1, **extra
+                )
+                out[key] = (alpha - crown)[off].mean().item()
+            except TypeError:
+                out[key] = None
+        return out
+    kwargs = {"eps": eps, "method": method}
+    if method.startswith("alpha-crown"):
+        kwargs.update(method="alpha-crown", alpha_steps=20, alpha_lr=0.1)
+    if method == "alpha-crown-int":
+        kwargs["alpha_intermediate"] = True
+    forward = functools.partial(_forward, model, x)
+    forward()
+    out["forward"] = _median_seconds(forward, 20)
+    try:  # warm-up on 2 examples (imports, first-call overheads) without raising the memory baseline much
+        margin_lower(graph, x[:2], y[:2], **kwargs)
+    except TypeError:
+        return {**out, "seconds": None}
+    base = _maxrss_mb()
+    margin_lower(graph, x, y, **kwargs)  # the warm-up call
+    out["seconds"] = _median_seconds(functools.partial(margin_lower, graph, x, y, **kwargs), repeats)
+    out["peak_mb"] = _maxrss_mb() - base
+    if method == "crown":
+        out["limit"] = arithmetic_limit(model, x, eps)
+    return out
+
+
+def _subprocess(args: list[str]) -> dict:
+    """Run this script with ``args`` in a fresh process; the JSON dict of its last output line."""
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def run_reference(a: argparse.Namespace) -> None:
+    """The issue-14 comparison table (see the module docstring); printed and written to ``--ref-out``."""
+    t_start, load_start = time.perf_counter(), os.getloadavg()[0]
+    env = "".join(f"{k}={os.environ[k]} " for k in ("OMP_NUM_THREADS",) if k in os.environ)
+    command = env + shlex.join([os.path.relpath(sys.executable), *sys.argv])
+    common = ["--ref-eps", str(a.ref_eps), "--repeats", str(a.repeats), "--threads", str(a.threads)]
+    cols = (
+        "| model | method | batch | ours | our forward | ours × forward | auto_LiRPA (quoted) "
+        "| its × forward | time ÷ auto_LiRPA | × forward ÷ its × forward | target (× forward ratio) "
+        "| peak MB | arithmetic limit (forward passes) | time ÷ limit |"
+    )
+    lines = [cols, "|" + "---|" * (cols.count("|") - 1)]
+    info: dict = {}
+    print(cols, flush=True)
+    for name, label, method, batch, ref_s, ref_note, target in REF_ROWS:
+        res = _subprocess(["--ref-one", name, method, str(batch), *common])
+        info = res
+        ref_fwd = ref_s / REF_FORWARD_S[name] if batch == 128 else None
+        ref_cell = _fmt_s(ref_s) + ref_note
+        if res["seconds"] is None:
+            line = f"| {name} | {label} | {batch} | not available | | | {ref_cell} |" + " |" * 7
+        else:
+            sec, fwd = res["seconds"], res["forward"]
+            ratio = sec / fwd / ref_fwd if ref_fwd else None
+            goal = "-"
+            if target is not None:
+                goal = f"≤ {target}: {'met' if ratio <= target else 'missed'} ({ratio:.3f})"
+            limit = res.get("limit")
+            line = (
+                f"| {name} | {label} | {batch} | {_fmt_s(sec)} | {fwd * 1e3:.3g} ms | {sec / fwd:,.0f}× "
+                f"| {ref_cell} | {f'{ref_fwd:,.0f}×' if ref_fwd else '-'} | {sec / ref_s:.3f} "
+                f"| {f'{ratio:.3f}' if ratio is not None else '-'} | {goal} | {res['peak_mb']:.0f} "
+                f"| {f'{limit:.1f}' if limit else '-'} | {f'{sec / (limit * fwd):.1f}' if limit else '-'} |"
+            )
+        lines.append(line)
+        print(line, flush=True)
+    gains = [
+        "| model | auto_LiRPA α − CROWN (quoted) | ours α-CROWN | ours α-CROWN, alpha_intermediate=True |"
+    ]
+    gains.append("|---|---|---|---|")
+    for name in REF_GAIN:
+        res = _subprocess(["--ref-one", name, "gain", "8", *common])
+        cells = [f"{res[k]:+.3g}" if res[k] is not None else "not available" for k in ("alpha", "alpha_int")]
+        gains.append(f"| {name} | {REF_GAIN[name]:+.2g} | {cells[0]} | {cells[1]} |")
+        print(gains[-1], flush=True)
+    header = [
+        "# Bounds: our side of the auto_LiRPA comparison (issue 14)",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {info['torch']}; "
+        f"torch threads {info['threads']}; wall time {time.perf_counter() - t_start:.0f} s; 1-min load average "
+        f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores).",
+        "",
+        f"eps = {a.ref_eps} (L∞, box ∩ [0, 1]) for every row; margins e_y − e_j; models, inputs and labels as in "
+        "the issue (torch.manual_seed(0) models with default init and no normalisation, torch.manual_seed(1) "
+        "inputs, y = argmax of the model). Ours: `robustcert.bounds.margin_lower` on a prebuilt Graph, median "
+        f"of {a.repeats} runs after one warm-up call; our forward = median of 20 float32 forward passes of "
+        "the batch in the same fresh process; peak MB = growth of ru_maxrss over the baseline after building "
+        "model, inputs and graph, timing the forward pass and a 2-example warm-up (i.e. including the full "
+        "warm-up call). **The auto_LiRPA 0.7.1 columns are quoted from issue 14, not measured here** "
+        "(forward at batch 128: mlp 0.70 ms, cnn 2.88 ms, deep 1.39 ms). The targets use the "
+        "machine-independent ratio (× forward ÷ its × forward): CROWN ≤ 0.5, α-CROWN ≤ 0.1 (both α-CROWN rows "
+        "compared with auto_LiRPA's α-CROWN 64.5 s); the issue gives no forward time at batch 8, hence no "
+        "ratio there. Arithmetic limit: see the docstring of bench/bounds.py "
+        "(unavoidable backward MACs with IBP's unstable neurons, in forward passes; approximate).",
+        "",
+    ]
+    gain_note = [
+        "",
+        f"α-CROWN (20 steps, lr 0.1) mean improvement over CROWN: eps {a.ref_eps}, the first 8 examples, "
+        "mean over j ≠ y of (α-CROWN − CROWN) margin lower bounds.",
+        "",
+    ]
+    text = "\n".join(header + lines + gain_note + gains) + "\n"
+    Path(a.ref_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.ref_out).write_text(text)
+    print(f"\nwritten to {a.ref_out}; wall time {time.perf_counter() - t_start:.0f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--eps", type=float, default=0.01)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5; 3 with --reference)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--one", nargs=2, metavar=("ARCH", "METHOD"), help=argparse.SUPPRESS)
@@ -312,7 +560,20 @@ def main() -> None:
     deep.add_argument(
         "--work", default=None, help="model cache, resumable (default: $TMPDIR/robustcert-bench-deep)"
     )
+    ref = p.add_argument_group("issue-14 comparison (--reference)")
+    ref.add_argument("--reference", action="store_true", help="our side of the auto_LiRPA table of issue 14")
+    ref.add_argument("--ref-eps", type=float, default=0.03, help="eps of every row")
+    ref.add_argument("--ref-out", default=str(Path(__file__).parent / "results" / "bounds_reference.md"))
+    ref.add_argument("--ref-one", nargs=3, metavar=("MODEL", "METHOD", "BATCH"), help=argparse.SUPPRESS)
     a = p.parse_args()
+    a.repeats = a.repeats or (3 if a.reference or a.ref_one else 5)
+    if a.ref_one:
+        name, method, batch = a.ref_one
+        print(json.dumps(run_ref_one(name, method, int(batch), a.ref_eps, a.repeats, a.threads)))
+        return
+    if a.reference:
+        run_reference(a)
+        return
     if a.deep:
         a.batch = min(a.batch, 100)
         a.eps = a.deep_eps
@@ -331,9 +592,7 @@ def main() -> None:
     for arch in a.archs.split(","):
         fwd = None
         for label, method in METHODS:
-            cmd = [
-                sys.executable,
-                __file__,
+            args = [
                 "--one",
                 arch,
                 method,
@@ -346,11 +605,7 @@ def main() -> None:
                 "--threads",
                 str(a.threads),
             ]
-            res = json.loads(
-                subprocess.run(cmd, capture_output=True, text=True, check=True)
-                .stdout.strip()
-                .splitlines()[-1]
-            )
+            res = _subprocess(args)
             if method == "forward":
                 fwd = res["seconds"]
             ratio = res["seconds"] / fwd if fwd else float("nan")

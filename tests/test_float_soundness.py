@@ -22,7 +22,7 @@ from torch import nn
 
 from robustcert.bounds import _soundness as soundness
 from robustcert.bounds import api, crown, ibp, is_verified, logit_bounds, margin_lower
-from robustcert.bounds._common import rounding_scope
+from robustcert.bounds._common import outward, rounding_scope
 from robustcert.errors import RobustCertError
 from robustcert.graph import graph_from_module
 from robustcert.rows import BoundRow, ExactRow
@@ -147,6 +147,65 @@ def test_bound_is_below_an_exact_rational_recomputation(seed):
         assert Fraction(float(lb32_c[0, s])) <= exact32_c[s], (seed, s)
 
 
+def _relu_lines(lo: Fraction, hi: Fraction) -> tuple[tuple[Fraction, Fraction], tuple[Fraction, Fraction]]:
+    """``crown.relu_relax``'s (lower, upper) lines ``(slope, intercept)`` on [lo, hi], exactly."""
+    if lo >= 0:
+        return (Fraction(1), Fraction(0)), (Fraction(1), Fraction(0))
+    if hi <= 0:
+        return (Fraction(0), Fraction(0)), (Fraction(0), Fraction(0))
+    s = hi / (hi - lo)
+    return (Fraction(1) if hi >= -lo else Fraction(0), Fraction(0)), (s, -lo * s)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 6, 7])  # seeds where CROWN beats IBP somewhere
+def test_float32_intermediate_pass_is_below_an_exact_rational_recomputation(seed):
+    """The default precision runs CROWN's intermediate passes in float32 on outward-rounded copies of the
+    set and intervals: each bound must be below the exact value of the same relaxation on those copies."""
+    torch.manual_seed(seed)
+    d_in, h = 3, 8
+    net = nn.Sequential(nn.Linear(d_in, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 2)).eval()
+    with torch.no_grad():  # weights over a few binades
+        for p in net.parameters():
+            p.mul_(torch.exp2(torch.randint(-3, 4, p.shape).float()))
+    x = torch.rand(1, d_in, generator=torch.Generator().manual_seed(200 + seed))
+    eps = 0.25 + 0.05 * (seed % 6)
+    plan = api._plan(net, x, eps, "linf", "crown", None, "crown", "real")
+    with torch.no_grad(), rounding_scope(plan.rounding):
+        b = crown.intermediate_bounds(plan.graph, plan.inset, plan.shapes, refine_dtype=torch.float32)
+        ibp_b = crown.intermediate_bounds(plan.graph, plan.inset, plan.shapes, mode="ibp")
+    z1, z2 = crown.activation_inputs(plan.graph)
+    IL2, IU2 = _fr(ibp_b[z2][0]), _fr(ibp_b[z2][1])
+    lo1, hi1 = outward(b[z1], torch.float32)  # the copies the float32 pass saw
+    box_lo, box_hi = outward((plan.inset.lo, plan.inset.hi), torch.float32)
+    L1, U1, L2, U2 = (_fr(t) for t in (lo1, hi1, *b[z2]))
+    blo, bhi = _fr(box_lo), _fr(box_hi)
+    W1 = [_fr(r) for r in net[0].weight.detach()]
+    b1 = _fr(net[0].bias.detach())
+    W2 = [_fr(r) for r in net[2].weight.detach()]
+    b2 = _fr(net[2].bias.detach())
+    lines = [_relu_lines(L1[j], U1[j]) for j in range(h)]
+    crown_won = 0
+    for i in range(h):
+        for sign in (1, -1):  # the lower bound of sign * z2_i
+            a = [sign * W2[i][j] for j in range(h)]
+            const = sign * b2[i]
+            lam = []
+            for j in range(h):
+                (sl, il), (su, iu) = lines[j]
+                s_, i_ = (sl, il) if a[j] >= 0 else (su, iu)
+                lam.append(a[j] * s_)
+                const += a[j] * i_
+            coef = [sum((lam[j] * W1[j][k] for j in range(h)), Fraction(0)) for k in range(d_in)]
+            const += sum((lam[j] * b1[j] for j in range(h)), Fraction(0))
+            const += sum((coef[k] * (blo[k] if coef[k] >= 0 else bhi[k]) for k in range(d_in)), Fraction(0))
+            got = L2[i] if sign == 1 else -U2[i]
+            ibp_side = IL2[i] if sign == 1 else -IU2[i]
+            # the interval is CROWN's intersected with IBP's: where IBP is tighter, the interval is IBP's
+            assert got <= const or got == ibp_side, (seed, i, sign, float(got), float(const))
+            crown_won += int(got != ibp_side)
+    assert crown_won > 0  # the float32 pass decided some bound
+
+
 # --------------------------------------------------------------------------------------------------
 # (b) a net whose float32 evaluation flips a tiny margin
 # --------------------------------------------------------------------------------------------------
@@ -256,7 +315,14 @@ def test_margin_grows_about_linearly_with_depth_and_beats_the_legacy_margin():
     rows = {}
     for depth in (2, 6, 9):
         net = _mlp(depth, 200)
-        res = {r: api._logits(net, x, 0.01, "linf", "crown", None, "crown", 5, 0.1, r) for r in api.ROUNDINGS}
+        res = {
+            r: api._logits(net, x, 0.01, "linf", "crown", None, "crown", 5, 0.1, r, precision="float64")
+            for r in api.ROUNDINGS
+        }
+        # the default precision: CROWN's intermediate passes in float32, with their own rounding slack
+        res["real, float32 passes"] = api._logits(
+            net, x, 0.01, "linf", "crown", None, "crown", 5, 0.1, "real"
+        )
         lo0, hi0 = res["none"]
         rows[depth] = {
             r: float(torch.cat([(lo0 - lo).flatten(), (hi - hi0).flatten()]).max())
@@ -265,9 +331,16 @@ def test_margin_grows_about_linearly_with_depth_and_beats_the_legacy_margin():
         }
         rows[depth]["width"] = float((hi0 - lo0).median())
     print("\nlargest margin on the CROWN logit bounds of random 200-wide MLPs (eps 0.01):")
-    print(f"{'depth':>5} {'legacy':>10} {'real':>10} {'float32':>10} {'bound width':>12}")
+    print(
+        f"{'depth':>5} {'legacy':>10} {'real':>10} {'float32':>10} {'real, f32 passes':>17} {'bound width':>12}"
+    )
     for depth, r in rows.items():
-        print(f"{depth:>5} {r['legacy']:>10.2e} {r['real']:>10.2e} {r['float32']:>10.2e} {r['width']:>12.2e}")
+        print(
+            f"{depth:>5} {r['legacy']:>10.2e} {r['real']:>10.2e} {r['float32']:>10.2e}"
+            f" {r['real, float32 passes']:>17.2e} {r['width']:>12.2e}"
+        )
+    for depth in (2, 6, 9):  # float32 passes cost less than certifying the float32 model does
+        assert rows[depth]["real, float32 passes"] < rows[depth]["float32"], rows[depth]
     for depth in (6, 9):  # legacy vs real: both about the float64 computation of the real network
         assert rows[depth]["real"] < 1e-6 * rows[depth]["legacy"], rows[depth]
         # the float32 claim is stronger and still far below the legacy margin on deep nets

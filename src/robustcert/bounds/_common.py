@@ -35,7 +35,7 @@ from robustcert.graph.ir import Graph, Node
 
 Bounds = tuple[Tensor, Tensor]
 
-# Bytes the CROWN coefficient tensors of one chunk of specification rows may take (float64 estimate).
+# Bytes the CROWN coefficient tensors of one chunk of specification rows may take (estimate).
 MEMORY_BUDGET_BYTES = 256 * 2**20
 
 
@@ -58,8 +58,24 @@ class InputSet:
         return int(self.lo.shape[0])
 
     def to(self, dtype: torch.dtype) -> InputSet:
+        """The set in another dtype, rounded to nearest (for searches and training, not for bounds)."""
         c = None if self.center is None else self.center.to(dtype)
         return InputSet(self.lo.to(dtype), self.hi.to(dtype), c, self.eps)
+
+    def outward(self, dtype: torch.dtype) -> InputSet:
+        """The set in ``dtype``, containing this one: the box rounded outward (:func:`outward`), and for
+        L2 the centre rounded to nearest with the radius grown by the largest distance (float64,
+        rounded up) the rounding moved a centre."""
+        if dtype == self.lo.dtype:
+            return self
+        lo, hi = outward((self.lo, self.hi), dtype)
+        if self.center is None:
+            return InputSet(lo, hi)
+        c = self.center.to(dtype)
+        moved = torch.linalg.vector_norm((self.center - c.to(self.center.dtype)).flatten(1), dim=1)
+        grow = float(moved.max()) * (1 + 2.0**-40) if moved.numel() else 0.0
+        eps = self.eps if grow == 0.0 else toward(self.eps + grow, upper=True)
+        return InputSet(lo, hi, c, eps)
 
 
 class Affine(NamedTuple):
@@ -163,6 +179,8 @@ class RoundingModel(Protocol):
 
     def inflate(self, dtype: torch.dtype) -> float: ...
 
+    def floor(self, dtype: torch.dtype) -> float: ...
+
     def forward(self, node: Node, b: Bounds, ins: Sequence[Bounds]) -> Bounds: ...
 
     def node_weight(self, node: Node, ctx: Ctx) -> Tensor | None: ...
@@ -172,8 +190,9 @@ class RoundingModel(Protocol):
         node: Node,
         lb: Tensor,
         ub: Tensor,
-        layout: Coeffs,
+        n: int,
         lines: tuple[Tensor, Tensor | None, Tensor, Tensor | None],
+        lay: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor: ...
 
     def merge_weight(self, bounds: Bounds) -> Tensor: ...
@@ -190,12 +209,35 @@ _ROUNDING: ContextVar[RoundingModel | None] = ContextVar("robustcert_bounds_roun
 
 @contextmanager
 def rounding_scope(model: RoundingModel | None) -> Iterator[None]:
-    """Make ``model`` the rounding model of the traversals run inside (None: exact-arithmetic terms)."""
+    """Make ``model`` the rounding model of the traversals run inside (None: exact-arithmetic terms).
+
+    With a model, float32 products run at full precision (no TF32/bfloat16 matmul; NNPACK, whose
+    convolutions may use Winograd or FFT transforms, off): the rounding analysis assumes every product
+    and sum is a float operation of the computing dtype (Higham's model, any order)."""
     token = _ROUNDING.set(model)
+    precision = torch.get_float32_matmul_precision()
     try:
-        yield
+        if model is None:
+            yield
+        else:
+            torch.set_float32_matmul_precision("highest")
+            with torch.backends.nnpack.flags(enabled=False):
+                yield
     finally:
+        torch.set_float32_matmul_precision(precision)
         _ROUNDING.reset(token)
+
+
+def outward(b: Bounds, dtype: torch.dtype) -> Bounds:
+    """The interval ``b`` in ``dtype``, containing it: each end converted to nearest, then stepped one
+    ulp outward where the conversion moved it inward."""
+    lo, hi = b
+    if lo.dtype == dtype:
+        return b
+    lo2, hi2 = lo.to(dtype), hi.to(dtype)
+    lo2 = torch.where(lo2.to(lo.dtype) > lo, toward(lo2, upper=False), lo2)
+    hi2 = torch.where(hi2.to(hi.dtype) < hi, toward(hi2, upper=True), hi2)
+    return lo2, hi2
 
 
 def active_rounding() -> RoundingModel | None:
@@ -302,7 +344,8 @@ def _relax_step(
     lb, ub = ctx.bounds[node.inputs[0]]
     layout = al if al is not None else au
     assert layout is not None
-    aL, bL, aU, bU = (None if t is None else layout.local(t) for t in rule.relax(node, lb, ub, ctx))
+    raw = rule.relax(node, lb, ub, ctx)
+    aL, bL, aU, bU = (None if t is None else layout.local(t) for t in raw)
     assert aL is not None and aU is not None
     ins_l: list[Coeffs | None] = [None]
     ins_u: list[Coeffs | None] = [None]
@@ -310,7 +353,13 @@ def _relax_step(
     bias_u: Tensor | float = 0.0
     slack_l: Tensor | float = 0.0
     slack_u: Tensor | float = 0.0
-    w = None if model is None else model.relax_weight(node, lb, ub, layout, (aL, bL, aU, bU))
+    w = None
+    if model is not None:
+        n = _rows_of(layout)
+        if all(t is None or t.ndim == lb.ndim for t in raw):  # per-neuron lines: weigh, then lay out once
+            w = layout.local(model.relax_weight(node, lb, ub, n, raw))
+        else:
+            w = model.relax_weight(node, lb, ub, n, (aL, bL, aU, bU), layout.local)
     if al is not None:
         ins_l, bias_l = _relax_apply(al, aL, bL, aU, bU)
         if w is not None:
@@ -418,9 +467,9 @@ def backward(
                 m_u = m_l if shared else (0.0 if su is None or ou is None or nu is None else _abs_dot(su, w))
                 slack_lo, slack_up = slack_lo + m_l, slack_up + m_u
     if model is not None:
-        infl = model.inflate(start.data.dtype)
-        bias_lo = _finish(bias_lo, slack_lo, infl, upper=False)
-        bias_up = _finish(bias_up, slack_up, infl, upper=True)
+        infl, floor = model.inflate(start.data.dtype), model.floor(start.data.dtype)
+        bias_lo = _finish(bias_lo, slack_lo + floor, infl, upper=False)
+        bias_up = _finish(bias_up, slack_up + floor, infl, upper=True)
     return leaves_lo, bias_lo, leaves_up, bias_up
 
 
@@ -442,18 +491,22 @@ def concretize_input(A: Coeffs, inset: InputSet, upper: bool = False) -> Tensor:
     r = (inset.hi - inset.lo) / 2
     sign = 1.0 if upper else -1.0
     absA = A.data.abs()
-    val = A.dot(c) + sign * dot(absA, A.local(r))
     n = _rows_of(A)
-    if model is not None:
-        infl = model.inflate(A.data.dtype)
-        val = toward(val + sign * infl * dot(absA, A.local(model.box_weight(inset, n))), upper)
+    if model is None:
+        val = A.dot(c) + sign * dot(absA, A.local(r))
+    else:
+        # one pass over |A|: the radius and the inflated rounding weight summed (rounded up) per input;
+        # the sum's own rounding is a relative error of the slack part, inside the inflation
+        infl, floor = model.inflate(A.data.dtype), model.floor(A.data.dtype)
+        t = toward(r + infl * model.box_weight(inset, n), upper=True)
+        val = toward(A.dot(c) + sign * dot(absA, A.local(t)) + sign * floor, upper)
     if inset.center is not None:
         norm = torch.linalg.vector_norm(A.data.flatten(2), dim=-1)
         ball = A.dot(inset.center) + sign * inset.eps * norm
         if model is not None:
             w, g = model.ball_weights(inset, n)
             slack = dot(absA, A.local(w)) + g * inset.eps * norm
-            ball = toward(ball + sign * infl * slack, upper)
+            ball = toward(ball + sign * (infl * slack + floor), upper)
         val = torch.minimum(val, ball) if upper else torch.maximum(val, ball)
     return val
 
@@ -467,6 +520,7 @@ def concretize_interval(A: Coeffs, bounds: Bounds, upper: bool = False) -> Tenso
     model = active_rounding()
     if model is not None:
         slack = _abs_dot(A, model.interval_weight(bounds, _rows_of(A))) * model.inflate(A.data.dtype)
+        slack = slack + model.floor(A.data.dtype)
         val = toward(val + slack if upper else val - slack, upper)
     return val
 

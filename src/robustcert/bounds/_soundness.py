@@ -1,17 +1,19 @@
 """Rounding: what a certified bound covers, and the error analysis that keeps float rounding from
 flipping a verdict.
 
-Two sources of rounding sit between a float64 bound and the truth it certifies: the deployed float32
-network (``float_model="float32"``, the default) and the float64 bound computation itself. Both are
+Two sources of rounding sit between a computed bound and the truth it certifies: the deployed float32
+network (``float_model="float32"``, the default) and the bound computation itself, which runs in float64
+(IBP intervals, final bounds) or float32 (CROWN's intermediate passes by default, ``precision``). Both are
 handled per operation, with the magnitudes the computation actually meets, by :class:`Rounding`; the
 traversals of :mod:`._common` call it through :func:`._common.rounding_scope`. The rule files (ibp,
 crown, alpha-crown) compute in exact-arithmetic terms and know nothing of it.
 
-Notation. ``u_c = 2^-53`` is the unit roundoff of the bound computation (float64), ``u = 2^-24`` that
-of float32, ``gamma_k(u) = k u / (1 - k u)`` (Higham, *Accuracy and Stability of Numerical Algorithms*,
-2nd ed., §3.1). alpha-CROWN's slope search runs in float32 inside the same scope and gets the same terms
-(so its objective tracks the certified bound); its values are never bounds: the slopes it proposes are
-re-evaluated in float64. For a node ``v``, ``D_v = [lo_v, hi_v]`` is its interval (``ctx.bounds``)
+Notation. ``u_c`` is the unit roundoff of the dtype a pass computes in (``2^-53`` for float64, ``2^-24``
+for float32: every weight below reads it from the tensors it is given, :func:`unit`), ``u = 2^-24``
+that of the deployed float32 network, ``gamma_k(u) = k u / (1 - k u)`` (Higham, *Accuracy and Stability
+of Numerical Algorithms*, 2nd ed., §3.1). alpha-CROWN's slope search runs in float32 inside the same
+scope and gets the same terms (so its objective tracks the certified bound); its values are never
+bounds: the slopes it proposes are re-evaluated in the certification dtype. For a node ``v``, ``D_v = [lo_v, hi_v]`` is its interval (``ctx.bounds``)
 and ``m_v = max(|lo_v|, |hi_v|)`` elementwise. For an affine node ``v = L(u) + c``, the *absolute
 computation* at the magnitudes of its inputs is ``a_v = |L| m_u + |c|`` (per neuron); for ops whose
 constant is itself computed from several parameters it is the absolute value of every term as the op
@@ -53,47 +55,65 @@ and in back substitution ``A . v~ = A . op(u~) + A . delta_v >= A . op(u~) - |A|
 are built on ``D_u``, which holds every computed ``u~``. Nothing is compounded: ``e_v`` follows the
 magnitudes of ``v``'s own inputs.
 
-2. The float64 bound computation
---------------------------------
+2. The bound computation (float64 or float32)
+--------------------------------------------
 The backward pass treats its computed coefficients ``Â`` as exact numbers and bounds each residual
 (the technique of safe bounds in linear programming: any coefficients give a valid inequality once the
-residual is accounted for).
+residual is accounted for). Every product and sum is one operation of the computing dtype in any order
+(Higham's model): inside a rounding scope float32 matmuls run at full precision (no TF32/bfloat16) and
+NNPACK (Winograd/FFT convolutions) is off.
 
 * Affine node: ``Â_u = fl(Â_v L)``, ``b = fl(Â_v . c)``. Exactly, ``Â_v . L(u~) = Â_u . u~ + (Â_v L -
-  Â_u) . u~ + Â_v . c`` with ``|Â_v L - Â_u| <= gamma_N |Â_v| |L|`` (Higham (3.13); ``N = numel(v)``
-  bounds the terms of each entry) and ``|b - Â_v . c| <= gamma_N |Â_v| |c|``. With ``|u~| <= m_u`` the
-  bound loses at most ``gamma_N |Â_v| . a_v``. Elementwise ops whose scale is computed in float64
-  (batchnorm's scale/shift; the window representation's ``s = op(1) - op(0)``) have ``|s^ - s| <=
-  gamma_k (a_v(1) + a_v(0))``, adding ``|Â_v| . (a_v(1) + a_v(0)) m_u``. IBP's centre/radius form
-  (``c, r`` of the input interval rounded, two products, the ``±``) errs by at most ``2 gamma_{n+4}
-  a_v``. One weight covers all three: ``w_v = 4 gamma_{K_v}(u_c) (a_v + alpha_v m_u)``, ``K_v = numel(v)
-  + fan-in + 16``, ``alpha_v = a_v(1) + a_v(0)`` for elementwise ops (0 otherwise).
+  Â_u) . u~ + Â_v . c``. Each entry of ``Â_u`` sums at most ``t_v`` products (``back_terms``: the
+  output features of a linear layer, ``C_out / groups x ceil(kh / s_h) x ceil(kw / s_w)`` for a
+  convolution, the covering windows of a pool, 1 for element-wise ops; ``numel(v)`` when unknown), so
+  ``|Â_v L - Â_u| <= gamma_{t_v} |Â_v| |L|`` (Higham (3.13)); the bias dot sums ``numel(v) = N`` terms:
+  ``|b - Â_v . c| <= gamma_N |Â_v| |c|``. With ``|u~| <= m_u`` and ``|L| m_u <= a_v``, ``|c| = a_v(0)``
+  the bound loses at most ``|Â_v| . (gamma_{t_v + 2} a_v + gamma_{N + 2} a_v(0))``. Elementwise ops whose
+  scale is computed (batchnorm's scale/shift; the window representation's ``s = op(1) - op(0)``) have
+  ``|s^ - s| <= gamma_16 (a_v(1) + a_v(0))``, adding ``gamma_16 |Â_v| . (a_v(1) + a_v(0)) m_u``. A
+  transpose that only gathers rows of ``L`` (the identity specification through a linear layer,
+  :class:`.crown.UnitRows`) is exact and is charged the same, which is more than needed.
 * Activation node with computed lines ``aL u + bL <= f(u) <= aU u + bU`` (``s = max(|aL|, |aU|)``,
   ``b = max(|bL|, |bU|)``, ``F`` a bound on ``|f|`` over ``D_u``: 0 for ReLU and max, ``max(1, |a|) m_u``
   for LeakyReLU, ``max |f(lb)|, |f(ub)|`` for sigmoid/tanh, ``m_u`` for GELU as ``|gelu(x)| <= |x|``):
-  (i) the computed lines are within ``gamma_k (2 s m_u + b + F)`` of lines that are exactly valid: a
-  ReLU/LeakyReLU/max chord takes about 4 roundings; a sigmoid/tanh tangent or chord is an exact
-  tangent/chord evaluated with few-ulp library functions, and if the bisection's rounded check admits a
-  tangent that misses ``f(lb)`` by ``eta``, concavity of ``t_d - f`` on ``[lb, 0]`` (or the convexity
-  argument of the chord) keeps the violation ``<= eta`` on the whole interval; GELU's intercepts are
-  extremes of ``f - a x`` from few-ulp evaluations, and a root bracket whose signs are rounded moves the
-  extreme by at most the interval width times the rounding of ``f' - a``; (ii) ``Â_u = Â aU + Â+ (aL -
-  aU)`` is off by at most ``gamma_3 3 |Â| s``; (iii) the intercept dots by ``gamma_N |Â| b``. Together:
-  ``w_v = gamma_K (4 s m_u + 2 b + 2 F)``, ``K = N + 16`` (ReLU, LeakyReLU, max) or ``N + 64`` (sigmoid,
-  tanh, GELU), plus ``e_v`` of section 1. For a max pool the lines live on the window entries (the
-  input of ``reduce_max``): the slack sums ``|Â| w`` over them, and the gather's transpose (a
-  scatter-add of at most ``numel(v)`` copies) is an affine node like any other.
+  (i) the computed lines are within ``gamma_k (2 s m_u + b + F)`` of lines that are exactly valid
+  (``k = 16`` for ReLU, LeakyReLU, max; 64 for sigmoid, tanh, GELU): a ReLU/LeakyReLU/max chord takes
+  about 4 roundings; a sigmoid/tanh tangent or chord is an exact tangent/chord evaluated with few-ulp
+  library functions, and if the bisection's rounded check admits a tangent that misses ``f(lb)`` by
+  ``eta``, concavity of ``t_d - f`` on ``[lb, 0]`` (or the convexity argument of the chord) keeps the
+  violation ``<= eta`` on the whole interval; GELU's intercepts are extremes of ``f - a x`` from few-ulp
+  evaluations, and a root bracket whose signs are rounded moves the extreme by at most the interval
+  width times the rounding of ``f' - a``; (ii) ``Â_u = Â aU + Â+ (aL - aU)`` (four roundings) is off by
+  at most ``3 gamma_4 |Â| s``; (iii) the intercept dots by ``gamma_{N+2} |Â| b``. Together: ``w_v =
+  gamma_k (2 s m_u + b + F) + 3 gamma_4 s m_u + gamma_{N+2} b``, plus ``e_v`` of section 1. Per-neuron
+  lines are weighed once per neuron and the weight laid out like the coefficients. For a max pool the
+  lines live on the window entries (the input of ``reduce_max``): the slack sums ``|Â| w`` over them,
+  and the gather's transpose (a scatter-add of at most ``numel(v)`` copies) is an affine node like any
+  other.
 * A node read twice gets the sum of two coefficient sets, one rounding: ``gamma_1 |Â| m_u``.
 * Concretisation over the input box with ``c^ = fl((lo+hi)/2)``, ``r^ = fl((hi-lo)/2)``: for ``x`` in
-  the box ``|x - c^| <= r^ (1 + gamma_1) + u_c |c|``; with the two dots, ``Â . x >= Â . c^ - |Â| . r^ -
-  gamma_{N+4} |Â| . 4 m_in``. The L2 ball bound ``Â . x0 - eps ||Â||_2``: ``gamma_{N+4} (|Â| . |x0| +
-  eps ||Â||_2)`` (the 2-norm is computed to relative ``gamma_{N+2}``). An interval leaf:
-  ``gamma_{N+2} |Â| . m_v``.
+  the box ``|x - c^| <= r^ (1 + gamma_1) + u_c |c|``; the computed ``fl(Â . c^) - fl(|Â| . t)`` with
+  ``t = r^ + (inflated weight)`` rounded up, and the one subtraction, err by at most ``gamma_{N+2} |Â| .
+  (|c^| + t)``, so the weight ``gamma_{N+4} |Â| . 2 m_in`` covers it with room (``|c^| + r^ <= m_in (1 +
+  2 u_c)``). The L2 ball bound ``Â . x0 - eps ||Â||_2``: ``gamma_{N+4} (|Â| . |x0| + eps ||Â||_2)`` (the
+  2-norm is computed to relative ``gamma_{N+2}``). An interval leaf: ``gamma_{N+2} |Â| . m_v``.
 * Scalars: bias terms are added with directed rounding (``nextafter`` toward -inf for a lower bound
   after every addition, which is at least the rounding error of round-to-nearest); the slack
   ``S = sum_v |Â_v| . w_v`` (non-negative terms, relative error ``<= gamma_{#terms}``) is multiplied by
-  ``1 + 2^-20`` (``>= 1 + gamma_k`` for ``k < 2^32``: larger than any tensor here) and subtracted, again
-  with directed rounding. The same inflation covers the relative rounding of the weights themselves.
+  the inflation — ``1 + 2^-20`` in float64 (``>= 1 + gamma_k`` for ``k < 2^32``), ``1.25`` in float32
+  (``>= 1 + gamma_k`` for ``k < 2^21``; a graph with a node of more than ``MAX_TERMS32 = 2^20`` neurons
+  computes in float64 instead) — and subtracted, again with directed rounding. The same inflation
+  covers the relative rounding of the weights themselves.
+* Underflow: every bound also subtracts ``FLOOR`` (``2^-64`` in float32, ``2^-900`` in float64). An
+  underflowing float32 operation errs by at most ``2^-126`` times its other factor (also with
+  flush-to-zero / denormals-are-zero); the allowance covers fewer than ``2^62`` such operations-times-
+  magnitudes per bound (an assumption, like the ulp accuracy of section 1: coefficients and intervals
+  below ``2^20`` and fewer than ``2^40`` operations per bound are far inside it).
+* Mixed dtypes: a float32 pass receives outward-rounded copies of the float64 set and intervals
+  (:func:`._common.outward`: each end stepped one ulp outward where the conversion moved it inward;
+  an L2 centre rounded to nearest with the radius grown by the distance moved), so every statement above
+  holds for a set containing the original; its float32 results are exact float64 numbers.
 
 Each node contributes ``|Â_v| . w_v`` with ``w_v`` proportional to the magnitudes of its own inputs:
 the margin grows with the sum over layers, not with a product of ``(2m + 1)`` factors. The cost is one
@@ -102,9 +122,12 @@ set (cached).
 
 3. Intervals
 ------------
-IBP's forward intervals are the rule's interval widened by ``(e_v + w_v)(1 + 2^-20)`` with directed
-rounding (for an activation, ``w_v`` is the float64 error of evaluating ``f`` at the interval ends:
-0 for ReLU and max, ``gamma_64 F`` for the others, ``2 gamma_2 |a| m_u`` for LeakyReLU). CROWN's
+IBP's forward intervals (always float64) are the rule's interval widened by ``(e_v + w_v)`` times the
+inflation, plus ``FLOOR``, with directed rounding; for an affine node ``w_v = 4 gamma_{K_v}(u_c) (a_v +
+alpha_v m_u)`` with ``K_v = numel(v) + fan-in + 16`` (IBP's centre/radius form: ``c, r`` of the input
+interval rounded, two products, the ``±``, at most ``2 gamma_{fan-in + 4} a_v``), ``alpha_v = a_v(1) +
+a_v(0)`` for elementwise ops; for an activation ``w_v`` is the error of evaluating ``f`` at the interval
+ends: 0 for ReLU and max, ``gamma_64 F`` for the others, ``2 gamma_2 |a| m_u`` for LeakyReLU. CROWN's
 intermediate intervals come out of the backward pass above (the target node's own ``delta``
 included), so each is rigorous, and so is their intersection. The input box is rounded outward
 (``robustcert.bounds.api``). Intervals may be infinite only if a bound overflows; then the margin is
@@ -128,7 +151,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustcert.bounds._common import Bounds, Coeffs, Ctx, InputSet, forward_pass, rounding_scope, toward
+from robustcert.bounds._common import Bounds, Ctx, InputSet, forward_pass, rounding_scope, toward
 from robustcert.bounds.ibp import RULES as IBP_RULES
 from robustcert.errors import RobustCertError
 from robustcert.graph.ir import Graph, Node
@@ -142,8 +165,15 @@ U64 = 2.0**-53
 TINY32 = 2.0**-120
 # Relative error allowed for sigmoid/tanh in float32, in units of u (measured: <= 2.5).
 ACT_ULPS32 = 16
-# Inflation of every slack: covers the relative rounding of the slack sums and of the weights.
+# Inflation of every slack: covers the relative rounding of the slack sums and of the weights
+# (section 4): float64 sums of < 2^32 terms, float32 sums of < 2^20 terms (MAX_TERMS32).
 INFLATE = 1.0 + 2.0**-20
+INFLATE32 = 1.25
+MAX_TERMS32 = 2**20
+# Absolute allowance per bound for underflow in the bound computation itself (section 4).
+FLOOR = {torch.float64: 2.0**-900, torch.float32: 2.0**-64}
+# Unit roundoff of the bound computation per dtype.
+UNIT = {torch.float64: U64, torch.float32: U32}
 
 
 def gamma(k: int | float, u: float) -> float:
@@ -152,12 +182,12 @@ def gamma(k: int | float, u: float) -> float:
     return ku / (1.0 - ku) if ku < 0.5 else math.inf
 
 
-def _check_dtype(t: Tensor) -> None:
-    """Certification computes in float64 (``U64``); alpha-CROWN's slope search runs in float32 inside the
-    same scope and gets the float64 terms too — so its objective tracks the certified bound — but its
-    values are never used as bounds (they are re-evaluated in float64)."""
-    if t.dtype not in (torch.float64, torch.float32):
-        raise RobustCertError(f"certified bounds compute in float64, got {t.dtype}")
+def unit(dtype: torch.dtype) -> float:
+    """``u_c``: the unit roundoff of a bound computation in ``dtype`` (float32 or float64)."""
+    u = UNIT.get(dtype)
+    if u is None:
+        raise RobustCertError(f"certified bounds compute in float32 or float64, got {dtype}")
+    return u
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,6 +273,24 @@ def _one(node: Node) -> int:
     return 1
 
 
+def _covering(kernel: int, stride: int, dilation: int) -> int:
+    """How many output positions of a sliding window can read one input position (one axis)."""
+    return -(-kernel // stride) if dilation == 1 else kernel
+
+
+def _back_conv2d(node: Node) -> int:
+    """Terms of one entry of a convolution's transpose: output channels of its group x covering positions."""
+    w, p = node.params["weight"], node.params
+    co = int(w.shape[0]) // int(p["groups"])
+    st, dl = p["stride"], p["dilation"]
+    return co * _covering(int(w.shape[2]), st[0], dl[0]) * _covering(int(w.shape[3]), st[1], dl[1])
+
+
+def _back_pool(node: Node) -> int:
+    (kh, kw), st = node.params["kernel_size"], node.params["stride"]
+    return _covering(int(kh), int(st[0]), 1) * _covering(int(kw), int(st[1]), 1)
+
+
 def _live_linear(node: Node, ms: Sequence[Tensor]) -> Tensor:
     """Per example, the inputs that can be nonzero ([B, 1]): the others are exactly 0 in float32."""
     return (ms[0] > 0).sum(-1, keepdim=True).to(ms[0].dtype)
@@ -265,7 +313,9 @@ class AffineFacts:
     conversion, a division...), so ``k_v = fan_in + k32``; ``abs_comp(node, [m of each input])``: ``a_v``;
     ``elementwise``: its scale is computed in float64 (the ``alpha_v`` term); ``copy``: float32 only
     copies values (gather), so only the float64 transpose (a sum) rounds; ``live(node, [m])``: the
-    number of terms per output that can be nonzero (at most ``fan_in``), used instead of it in float32.
+    number of terms per output that can be nonzero (at most ``fan_in``), used instead of it in float32;
+    ``back_terms(node)``: the most products summed into one entry of the transpose (None: ``numel(v)``,
+    always enough).
     """
 
     fan_in: Callable[[Node], int]
@@ -274,17 +324,18 @@ class AffineFacts:
     elementwise: bool = False
     copy: bool = False
     live: Callable[[Node, Sequence[Tensor]], Tensor] | None = None
+    back_terms: Callable[[Node], int] | None = None
 
 
 @dataclass(frozen=True)
 class ActFacts:
     """Rounding facts of an activation. With ``m`` the magnitude of its input interval and ``F`` a bound
-    on ``|f|`` over it (``f_mag``): ``e32(node, m, F)`` is the float32 error ``e_v``, ``e64(node, m, F)``
-    the float64 error of evaluating ``f`` at an interval end (IBP), and ``K = N + k64`` the index of the
+    on ``|f|`` over it (``f_mag``): ``e32(node, m, F)`` is the float32 error ``e_v``, ``e_comp(node, m, F, u_c)``
+    the error of evaluating ``f`` at an interval end in the bound computation (IBP), and ``K = N + k64`` the index of the
     relaxation weight ``gamma_K (4 s m + 2 b + 2 F)``."""
 
     e32: Callable[[Node, Tensor, Tensor | float], Tensor | float]
-    e64: Callable[[Node, Tensor, Tensor | float], Tensor | float]
+    e_comp: Callable[[Node, Tensor, Tensor | float, float], Tensor | float]
     f_mag: Callable[[Node, Tensor, Tensor], Tensor | float]
     k64: int
 
@@ -293,14 +344,19 @@ def _zero(node: Node, a: Tensor, b: Tensor | float) -> float:
     return 0.0
 
 
+def _zero_comp(node: Node, a: Tensor, b: Tensor | float, u: float) -> float:
+    return 0.0
+
+
 def _tiny(node: Node, m: Tensor, f: Tensor | float) -> float:
     return TINY32
 
 
 def _monotone_mag(node: Node, lb: Tensor, ub: Tensor) -> Tensor:
-    """``max |f|`` on ``[lb, ub]`` for a monotone f, enlarged for its float64 evaluation."""
+    """``max |f|`` on ``[lb, ub]`` for a monotone f, enlarged for its evaluation (a few ulps of float32
+    or float64 are below ``2^-16``)."""
     f = OPS[node.op].forward
-    return torch.maximum(f(node, lb).abs(), f(node, ub).abs()) * (1 + 2.0**-20)
+    return torch.maximum(f(node, lb).abs(), f(node, ub).abs()) * (1 + 2.0**-16)
 
 
 def _input_mag(node: Node, lb: Tensor, ub: Tensor) -> Tensor:
@@ -314,47 +370,47 @@ def _leaky_slope(node: Node) -> float:
 
 ACTIVATIONS: dict[str, ActFacts] = {
     # exact in float32; the relaxation lines are chords/slopes with a few roundings
-    "relu": ActFacts(_zero, _zero, _zero, 16),
+    "relu": ActFacts(_zero, _zero_comp, _zero, 16),
     # a x rounded once (and a converted once) on the negative side
     "leaky_relu": ActFacts(
         lambda n, m, f: gamma(2, U32) * _leaky_slope(n) * m + TINY32,
-        lambda n, m, f: 2 * gamma(2, U64) * _leaky_slope(n) * m,
+        lambda n, m, f, u: 2 * gamma(2, u) * _leaky_slope(n) * m,
         lambda n, lb, ub: max(1.0, _leaky_slope(n)) * torch.maximum(lb.abs(), ub.abs()),
         16,
     ),
     # torch's float32 kernels: relative error <= ACT_ULPS32 u (assumption, measured <= 2.5 u)
     "sigmoid": ActFacts(
         lambda n, m, f: ACT_ULPS32 * U32 * f + TINY32,
-        lambda n, m, f: gamma(64, U64) * f,
+        lambda n, m, f, u: gamma(64, u) * f,
         _monotone_mag,
         64,
     ),
     "tanh": ActFacts(
         lambda n, m, f: ACT_ULPS32 * U32 * f + TINY32,
-        lambda n, m, f: gamma(64, U64) * f,
+        lambda n, m, f, u: gamma(64, u) * f,
         _monotone_mag,
         64,
     ),
     # 0.5 x (1 + erf(x / c)): erf to a few ulps, three roundings; |error| <= 32 u |x| (cancellation in
     # 1 + erf for x << 0 included: the bound is absolute in |x|, not relative to |gelu(x)|)
     "gelu": ActFacts(
-        lambda n, m, f: 32 * U32 * m + TINY32, lambda n, m, f: gamma(64, U64) * m, _input_mag, 64
+        lambda n, m, f: 32 * U32 * m + TINY32, lambda n, m, f, u: gamma(64, u) * m, _input_mag, 64
     ),
     # the maximum of float32 numbers is one of them
-    "reduce_max": ActFacts(_tiny, _zero, _zero, 16),
+    "reduce_max": ActFacts(_tiny, _zero_comp, _zero, 16),
 }
 
 AFFINE: dict[str, AffineFacts] = {
     "linear": AffineFacts(_fan_linear, 2, _abs_linear, live=_live_linear),
-    "conv2d": AffineFacts(_fan_conv2d, 2, _abs_conv2d, live=_live_conv2d),
-    "avgpool2d": AffineFacts(_fan_pool, 3, _abs_forward),
-    "add": AffineFacts(lambda n: 2, 0, _abs_add),
-    "normalize": AffineFacts(_one, 3, _abs_normalize, elementwise=True),
-    "batchnorm": AffineFacts(_one, 9, _abs_batchnorm, elementwise=True),
-    "add_const": AffineFacts(_one, 1, _abs_add_const, elementwise=True),
-    "sub_const": AffineFacts(_one, 1, _abs_add_const, elementwise=True),
-    "mul_const": AffineFacts(_one, 1, _abs_mul_const, elementwise=True),
-    "div_const": AffineFacts(_one, 1, _abs_div_const, elementwise=True),
+    "conv2d": AffineFacts(_fan_conv2d, 2, _abs_conv2d, live=_live_conv2d, back_terms=_back_conv2d),
+    "avgpool2d": AffineFacts(_fan_pool, 3, _abs_forward, back_terms=_back_pool),
+    "add": AffineFacts(lambda n: 2, 0, _abs_add, back_terms=_one),
+    "normalize": AffineFacts(_one, 3, _abs_normalize, elementwise=True, back_terms=_one),
+    "batchnorm": AffineFacts(_one, 9, _abs_batchnorm, elementwise=True, back_terms=_one),
+    "add_const": AffineFacts(_one, 1, _abs_add_const, elementwise=True, back_terms=_one),
+    "sub_const": AffineFacts(_one, 1, _abs_add_const, elementwise=True, back_terms=_one),
+    "mul_const": AffineFacts(_one, 1, _abs_mul_const, elementwise=True, back_terms=_one),
+    "div_const": AffineFacts(_one, 1, _abs_div_const, elementwise=True, back_terms=_one),
     "gather": AffineFacts(_one, 0, _abs_forward, copy=True),
     "pad": AffineFacts(_one, 0, _abs_pad),
 }
@@ -393,7 +449,7 @@ class Rounding:
             )
         self.float32 = float_model == "float32"
         self.shapes = shapes
-        self._cache: dict[tuple[str, torch.dtype], tuple[tuple[Bounds, ...], Tensor]] = {}
+        self._cache: dict[tuple[str, torch.dtype, bool], tuple[tuple[Bounds, ...], Tensor]] = {}
         self._unit_cache: dict[tuple[str, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     @staticmethod
@@ -407,7 +463,12 @@ class Rounding:
 
     def inflate(self, dtype: torch.dtype) -> float:
         """Factor applied to every slack (covers relative rounding of slacks and weights)."""
-        return INFLATE
+        return INFLATE32 if dtype == torch.float32 else INFLATE
+
+    def floor(self, dtype: torch.dtype) -> float:
+        """Absolute allowance added to every bound for underflow in the computation (section 4)."""
+        unit(dtype)
+        return FLOOR[dtype]
 
     def _unit_abs(self, node: Node, facts: AffineFacts, like: Tensor) -> tuple[Tensor, Tensor]:
         """``a_v(1)`` and ``a_v(0)`` (the absolute computation at unit and zero inputs), [1, *shape]."""
@@ -421,16 +482,20 @@ class Rounding:
             self._unit_cache[key] = hit
         return hit
 
-    def _affine_error(self, node: Node, ins: Sequence[Bounds]) -> Tensor | None:
-        """Per-neuron ``e_v + w_v`` of an affine node from its input intervals (cached); None if exact."""
+    def _affine_error(self, node: Node, ins: Sequence[Bounds], backward: bool = False) -> Tensor | None:
+        """Per-neuron ``e_v + w_v`` of an affine node from its input intervals (cached); None if exact.
+
+        ``backward=False``: the forward interval's weight (section 3, IBP's centre/radius rule included);
+        ``backward=True``: the back-substitution weight of section 2, which only covers the transposed
+        product and the bias dot."""
         if _is_exact(node):
             return None
         facts = AFFINE.get(node.op)
         if facts is None:
             raise _unknown(node.op)
         dtype = ins[0][0].dtype
-        _check_dtype(ins[0][0])
-        key = (node.name, dtype)
+        uc = unit(dtype)
+        key = (node.name, dtype, backward)
         hit = self._cache.get(key)
         if (
             hit is not None
@@ -441,12 +506,20 @@ class Rounding:
         ms = [_mag(b) for b in ins]
         a = facts.abs_comp(node, ms)
         fan = facts.fan_in(node)
-        big_k = numel(self.shapes[node.name]) + fan + 16
-        extra = a
+        n_out = numel(self.shapes[node.name])
         a1, a0 = self._unit_abs(node, facts, a)
-        if facts.elementwise:
-            extra = a + (a1 + a0) * ms[0]
-        w = 4.0 * gamma(big_k, U64) * extra
+        scale_err = (a1 + a0) * ms[0] if facts.elementwise else None
+        w: Tensor
+        if backward:
+            terms = n_out if facts.back_terms is None else facts.back_terms(node)
+            # the transposed product (<= terms products per entry, |L| m_u <= a) and the bias dot (<= n_out
+            # terms, |c| = a(0))
+            w = gamma(terms + 2, uc) * a + gamma(n_out + 2, uc) * a0
+            if scale_err is not None:
+                w = w + gamma(16, uc) * scale_err
+        else:
+            extra = a if scale_err is None else a + scale_err
+            w = 4.0 * gamma(n_out + fan + 16, uc) * extra
         if self.float32 and not facts.copy:
             k = fan + facts.k32
             g32: Tensor | float = gamma(k, U32)
@@ -476,7 +549,7 @@ class Rounding:
         elif node.op in ACTIVATIONS:
             facts = self._act(node)
             m, f = _mag(ins[0]), facts.f_mag(node, *ins[0])
-            e = facts.e64(node, m, f)
+            e = facts.e_comp(node, m, f, unit(lo.dtype))
             if self.float32:
                 e = e + facts.e32(node, m, f)
             if isinstance(e, float) and e == 0.0:
@@ -486,45 +559,53 @@ class Rounding:
             if err is None:
                 return b
             e = err
-        e = e * self.inflate(lo.dtype)
+        e = e * self.inflate(lo.dtype) + self.floor(lo.dtype)
         return toward(lo - e, upper=False), toward(hi + e, upper=True)
 
     def node_weight(self, node: Node, ctx: Ctx) -> Tensor | None:
         """``e_v + w_v`` per neuron of an affine node, multiplied by ``|Â_v|`` in back substitution."""
-        return self._affine_error(node, [ctx.bounds[i] for i in node.inputs])
+        return self._affine_error(node, [ctx.bounds[i] for i in node.inputs], backward=True)
 
     def relax_weight(
         self,
         node: Node,
         lb: Tensor,
         ub: Tensor,
-        layout: Coeffs,
+        n: int,
         lines: tuple[Tensor, Tensor | None, Tensor, Tensor | None],
+        lay: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
-        """``e_v + w_v`` of an activation for the computed (laid-out) lines ``aL, bL, aU, bU``."""
+        """``e_v + w_v`` of an activation for the computed lines ``aL, bL, aU, bU``, in the lines' layout:
+        ``lay`` lays a per-neuron map out like the lines (None: the lines are per-neuron maps, and so is
+        the result). ``n``: the terms of one coefficient row on the node."""
         facts = self._act(node)
         aL, bL, aU, bU = lines
         m_raw, f_raw = _mag((lb, ub)), facts.f_mag(node, lb, ub)
-        m = layout.local(m_raw)
-        f = layout.local(f_raw) if isinstance(f_raw, Tensor) else f_raw
+        m = m_raw if lay is None else lay(m_raw)
+        f = f_raw if lay is None or not isinstance(f_raw, Tensor) else lay(f_raw)
         s = torch.maximum(aL.abs(), aU.abs())
         icepts = [t.abs() for t in (bL, bU) if t is not None]
         big_b: Tensor | float = 0.0
         if icepts:
             big_b = icepts[0] if len(icepts) == 1 else torch.maximum(icepts[0], icepts[1])
-        n = int(math.prod(layout.data.shape[2:]))
-        w = gamma(n + facts.k64, U64) * (4 * s * m + 2 * big_b + 2 * f)
+        uc = unit(lb.dtype)
+        # (i) the lines themselves, (ii) the coefficient update, (iii) the intercept dots (section 2)
+        w = (
+            gamma(facts.k64, uc) * (2 * s * m + big_b + f)
+            + 3 * gamma(4, uc) * s * m
+            + gamma(n + 2, uc) * big_b
+        )
         if self.float32:
             w = w + facts.e32(node, m, f)
         return w
 
     def merge_weight(self, bounds: Bounds) -> Tensor:
         """Weight of one addition of two coefficient sets on a node with interval ``bounds``."""
-        return gamma(1, U64) * _mag(bounds)
+        return gamma(1, unit(bounds[0].dtype)) * _mag(bounds)
 
     def interval_weight(self, bounds: Bounds, n: int) -> Tensor:
         """Weight of concretising ``n`` coefficients over the interval ``bounds``."""
-        return gamma(n + 2, U64) * _mag(bounds)
+        return gamma(n + 2, unit(bounds[0].dtype)) * _mag(bounds)
 
     def input_error(self, inset: InputSet) -> Tensor | float:
         """Float32 rounding of the input point (0 in real mode)."""
@@ -534,13 +615,13 @@ class Rounding:
 
     def box_weight(self, inset: InputSet, n: int) -> Tensor:
         """Weight of the box concretisation of ``n`` coefficients, input rounding included."""
-        g = gamma(n + 4, U64)
-        return g * 4 * torch.maximum(inset.lo.abs(), inset.hi.abs()) + self.input_error(inset)
+        g = gamma(n + 4, unit(inset.lo.dtype))
+        return g * 2 * torch.maximum(inset.lo.abs(), inset.hi.abs()) + self.input_error(inset)
 
     def ball_weights(self, inset: InputSet, n: int) -> tuple[Tensor, float]:
         """``(w, g)``: the L2 ball bound's slack is ``|Â| . w + g eps ||Â||_2``."""
         assert inset.center is not None
-        g = gamma(n + 4, U64)
+        g = gamma(n + 4, unit(inset.lo.dtype))
         return g * inset.center.abs() + self.input_error(inset), g
 
 

@@ -10,7 +10,15 @@ from torch import Tensor, nn
 
 from robustcert.bounds import alpha_crown, crown, ibp
 from robustcert.bounds._common import Ctx, InputSet, rounding_scope, toward
-from robustcert.bounds._soundness import FLOAT_MODELS, SAFETY_REL, Rounding, magnitudes, node_tol, spec_tol
+from robustcert.bounds._soundness import (
+    FLOAT_MODELS,
+    MAX_TERMS32,
+    SAFETY_REL,
+    Rounding,
+    magnitudes,
+    node_tol,
+    spec_tol,
+)
 from robustcert.domain import InputDomain
 from robustcert.errors import RobustCertError
 from robustcert.graph.convert import to_graph
@@ -20,6 +28,10 @@ from robustcert.validation import check_eps, check_norm
 
 METHODS = ("ibp", "crown", "alpha-crown")
 INTERMEDIATE = ("crown", "ibp")
+# The dtype of CROWN's intermediate passes (the costly part: one specification row per unstable neuron);
+# IBP intervals and the final bounds are always computed in float64. Both are sound (the rounding model
+# covers the unit roundoff of the dtype each pass runs in); float64 leaves less slack at about twice the cost.
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 # How rounding is handled: the two public float models, and two references used by bench/float_margins.py
 # and the tests only: "legacy" (the previous 2^-30 (1 + M) margin) and "none" (no margin at all: unsound).
 ROUNDINGS = (*FLOAT_MODELS, "legacy", "none")
@@ -119,6 +131,7 @@ class _Plan(NamedTuple):
     shapes: dict[str, tuple[int, ...]]
     mags: dict[str, Tensor] | None  # legacy magnitudes (rounding="legacy" only)
     rounding: Rounding | None  # the rounding model (float32 / real)
+    refine_dtype: torch.dtype  # the dtype of CROWN's intermediate passes (see PRECISIONS)
 
 
 def _plan(
@@ -131,15 +144,22 @@ def _plan(
     intermediate: str,
     rounding: str,
     domain: Any = None,
+    precision: str = "float64",
 ) -> _Plan:
     _check_choice("float_model", rounding, ROUNDINGS)
+    _check_choice("precision", precision, tuple(PRECISIONS))
     graph, inset, shapes = _graph_and_set(model, x, eps, norm, method, box, intermediate, domain)
     mags = _legacy_mags(graph, inset) if rounding == "legacy" else None
     rmodel = None
     if rounding in FLOAT_MODELS:
         Rounding.check(graph)
         rmodel = Rounding(rounding, shapes)
-    return _Plan(graph, inset, shapes, mags, rmodel)
+        dtype = PRECISIONS[precision]
+        if dtype == torch.float32 and max(numel(s) for s in shapes.values()) > MAX_TERMS32:
+            dtype = torch.float64  # the float32 slack sums assume fewer terms (see _soundness)
+    else:
+        dtype = torch.float64
+    return _Plan(graph, inset, shapes, mags, rmodel, dtype)
 
 
 def _labels(y: Any, batch: int, k: int) -> Tensor:
@@ -165,8 +185,10 @@ def margin_spec(labels: Tensor, k: int, dtype: torch.dtype = torch.float64) -> T
     return eye[labels].unsqueeze(1) - eye.unsqueeze(0)
 
 
-def _intermediate(graph: Graph, inset: InputSet, shapes, mags, mode: str) -> Ctx:
-    bounds = crown.intermediate_bounds(graph, inset, shapes, mode=mode, mags=mags)
+def _intermediate(
+    graph: Graph, inset: InputSet, shapes, mags, mode: str, refine_dtype: torch.dtype | None = None
+) -> Ctx:
+    bounds = crown.intermediate_bounds(graph, inset, shapes, mode=mode, mags=mags, refine_dtype=refine_dtype)
     return Ctx(shapes, bounds)
 
 
@@ -183,6 +205,8 @@ def margin_lower(
     alpha_lr: float = 0.1,
     float_model: str = "float32",
     domain: Any = None,
+    precision: str = "float32",
+    alpha_intermediate: bool = False,
 ) -> Tensor:
     """Certified lower bounds of the margins ``f_y(x') - f_j(x')``, shape [B, K] (float64, CPU).
 
@@ -198,13 +222,29 @@ def margin_lower(
     ``method``: ``"ibp"`` (interval bounds, last affine layers elided), ``"crown"`` (backward linear
     relaxation on the margin rows ``C = e_y - e_j``), ``"alpha-crown"`` (CROWN's intermediate intervals,
     then ``alpha_steps`` projected-Adam steps on the ReLU lower slopes, best iterate kept: never looser
-    than CROWN). ``intermediate``: how CROWN/alpha-CROWN bound the activation inputs (``"crown"`` or
-    ``"ibp"`` = CROWN-IBP). The model is used in eval mode (its mode is restored); a model in training
+    than CROWN; ``alpha_intermediate=True`` also optimises the slopes behind every intermediate interval,
+    tighter and 15-45x costlier, see :mod:`robustcert.bounds.alpha_crown`). ``intermediate``: how
+    CROWN/alpha-CROWN bound the activation inputs (``"crown"`` or ``"ibp"`` = CROWN-IBP). ``precision``:
+    the dtype of CROWN's intermediate passes, the costly part (``"float32"``, default, or ``"float64"``:
+    less rounding slack at about twice the cost); IBP intervals and the final bounds are float64. The model is used in eval mode (its mode is restored); a model in training
     mode with BatchNorm is refused. Bad input raises :class:`RobustCertError`.
     """
     _check_choice("float_model", float_model, FLOAT_MODELS)
     return _margins(
-        model, x, y, eps, norm, method, box, intermediate, alpha_steps, alpha_lr, float_model, domain=domain
+        model,
+        x,
+        y,
+        eps,
+        norm,
+        method,
+        box,
+        intermediate,
+        alpha_steps,
+        alpha_lr,
+        float_model,
+        domain=domain,
+        precision=precision,
+        alpha_intermediate=alpha_intermediate,
     )
 
 
@@ -221,9 +261,15 @@ def _margins(
     alpha_lr: float,
     rounding: str,
     domain: Any = None,
+    precision: str = "float32",
+    alpha_intermediate: bool = False,
 ) -> Tensor:
     """:func:`margin_lower` with any of :data:`ROUNDINGS` (``legacy`` and ``none`` for comparisons only)."""
-    plan = _plan(model, x, eps, norm, method, box, intermediate, rounding, domain)
+    if alpha_intermediate and rounding == "legacy":
+        raise RobustCertError(
+            "alpha_intermediate recomputes intervals without the legacy margin; use float32 or real"
+        )
+    plan = _plan(model, x, eps, norm, method, box, intermediate, rounding, domain, precision)
     graph, inset, shapes, mags = plan.graph, plan.inset, plan.shapes, plan.mags
     k = numel(shapes[graph.output])
     labels = _labels(y, inset.batch, k)
@@ -233,13 +279,20 @@ def _margins(
             ctx = _intermediate(graph, inset, shapes, mags, "ibp")
             lb = ibp.spec_lower(graph, C, inset, ctx)
         else:
-            ctx = _intermediate(graph, inset, shapes, mags, intermediate)
+            ctx = _intermediate(graph, inset, shapes, mags, intermediate, plan.refine_dtype)
             if method == "crown":
                 lb = crown.crown_lower(graph, C, inset, ctx)
             else:
                 rows = C.abs().sum(-1) > 0
                 lb = alpha_crown.alpha_crown_lower(
-                    graph, C, inset, ctx, steps=int(alpha_steps), lr=float(alpha_lr), row_mask=rows
+                    graph,
+                    C,
+                    inset,
+                    ctx,
+                    steps=int(alpha_steps),
+                    lr=float(alpha_lr),
+                    row_mask=rows,
+                    optimize_intermediate=bool(alpha_intermediate),
                 )
         if mags is not None:
             lb = lb - spec_tol(C, mags[graph.output])
@@ -259,6 +312,7 @@ def logit_bounds(
     alpha_lr: float = 0.1,
     float_model: str = "float32",
     domain: Any = None,
+    precision: str = "float32",
 ) -> tuple[Tensor, Tensor]:
     """Certified bounds ``lo <= f(x') <= hi`` on every logit, each [B, K] (float64, CPU).
 
@@ -268,7 +322,18 @@ def logit_bounds(
     """
     _check_choice("float_model", float_model, FLOAT_MODELS)
     return _logits(
-        model, x, eps, norm, method, box, intermediate, alpha_steps, alpha_lr, float_model, domain=domain
+        model,
+        x,
+        eps,
+        norm,
+        method,
+        box,
+        intermediate,
+        alpha_steps,
+        alpha_lr,
+        float_model,
+        domain=domain,
+        precision=precision,
     )
 
 
@@ -284,9 +349,10 @@ def _logits(
     alpha_lr: float,
     rounding: str,
     domain: Any = None,
+    precision: str = "float32",
 ) -> tuple[Tensor, Tensor]:
     """:func:`logit_bounds` with any of :data:`ROUNDINGS`."""
-    plan = _plan(model, x, eps, norm, method, box, intermediate, rounding, domain)
+    plan = _plan(model, x, eps, norm, method, box, intermediate, rounding, domain, precision)
     graph, inset, shapes, mags = plan.graph, plan.inset, plan.shapes, plan.mags
     k = numel(shapes[graph.output])
     eye = torch.eye(k, dtype=torch.float64)
@@ -298,7 +364,7 @@ def _logits(
             both = ibp.spec_lower(graph, C, inset, ctx)
             lo, hi = torch.maximum(lo0, both[:, :k]), torch.minimum(hi0, -both[:, k:])
         else:
-            ctx = _intermediate(graph, inset, shapes, mags, intermediate)
+            ctx = _intermediate(graph, inset, shapes, mags, intermediate, plan.refine_dtype)
             if method == "crown":
                 lo, hi = crown.crown_output_bounds(graph, inset, ctx)
             else:

@@ -52,6 +52,7 @@ from robustcert.bounds._common import (
     chunk_rows,
     concretize,
     forward_pass,
+    outward,
 )
 from robustcert.bounds._soundness import widen
 from robustcert.bounds.ibp import RULES as IBP_RULES
@@ -420,6 +421,24 @@ def ibp_is_exact(graph: Graph) -> dict[str, bool]:
     return exact
 
 
+class UnitRows(Dense):
+    """The identity specification of chosen neurons (``data`` one-hot, ``idx`` [B, S] their flat
+    indices): through a linear layer its transpose is the layer's rows ``W[idx]`` and biases ``b[idx]``,
+    gathered (exact copies) instead of multiplied."""
+
+    def __init__(self, data: Tensor, idx: Tensor) -> None:
+        super().__init__(data)
+        self.idx = idx
+
+    def through(self, node: Node, rule: Affine, ctx: Ctx) -> tuple[list[Coeffs], Tensor | None]:
+        if node.op != "linear" or len(ctx.shapes[node.name]) != 1:
+            return super().through(node, rule, ctx)
+        weight = node.params["weight"].to(self.data.dtype)
+        bias = node.params.get("bias")
+        b = None if bias is None else bias.to(self.data.dtype)[self.idx]
+        return [Dense(weight[self.idx])], b
+
+
 def _max_numel(graph: Graph, target: str, shapes: dict[str, tuple[int, ...]]) -> int:
     return max(numel(shapes[n]) for n in graph.ancestors(target))
 
@@ -447,7 +466,7 @@ def crown_node_bounds(
     big = _max_numel(graph, target, ctx.shapes)
     los, ups = [], []
     if rows is None:
-        step = chunk_rows(n, 1, big)
+        step = chunk_rows(n, 1, big, dtype.itemsize)
         for r0 in range(0, n, step):
             r1 = min(n, r0 + step)
             A0 = torch.zeros((1, r1 - r0, n), dtype=dtype)
@@ -467,7 +486,7 @@ def crown_node_bounds(
     geos = crown_window.plan(graph, target, ctx) if use_windows else None
     if geos is not None:
         big = crown_window.max_window_numel(geos, ctx)
-    step = chunk_rows(s_max, B, big)
+    step = chunk_rows(s_max, B, big, dtype.itemsize)
     for r0 in range(0, s_max, step):
         r1 = min(s_max, r0 + step)
         idx = order[:, r0:r1]
@@ -477,7 +496,7 @@ def crown_node_bounds(
         else:
             dense = torch.zeros((B, r1 - r0, n), dtype=dtype)
             dense.scatter_(2, idx.unsqueeze(-1), 1.0)
-            start = Dense(dense.reshape((B, r1 - r0) + shape))
+            start = UnitRows(dense.reshape((B, r1 - r0) + shape), idx)
         lo, up = _bounds_of(graph, target, start, inset, ctx, table)
         ok = valid[:, r0:r1]
         lo_full = lo_full.scatter_reduce(1, idx, torch.where(ok, lo, -torch.inf), reduce="amax")
@@ -509,6 +528,7 @@ def intermediate_bounds(
     mags: dict[str, Tensor] | None = None,
     table: dict[str, Affine | Relax] = RULES,
     use_windows: bool = True,
+    refine_dtype: torch.dtype | None = None,
 ) -> dict[str, Bounds]:
     """Intervals of every node: IBP everywhere, tightened at activation inputs by CROWN (``mode="crown"``)
     or IBP only (``mode="ibp"``). With ``mags`` (certification), the intervals of activation inputs
@@ -523,24 +543,41 @@ def intermediate_bounds(
     nonlin = nonlinear_ancestry(graph)
     exact = ibp_is_exact(graph)
     ctx = Ctx(shapes)
+    dtype = inset.lo.dtype
+    if refine_dtype is not None and refine_dtype != dtype:
+        # CROWN passes in refine_dtype on outward-rounded copies of the set and the intervals (each
+        # converted once); their results are exact in dtype and are intersected with the IBP interval
+        cinset, converted = inset.outward(refine_dtype), {}
+
+        def crown_bounds(name: str, rows: Tensor | None, done: dict[str, Bounds]) -> Bounds:
+            for k, v in done.items():
+                if k not in converted:
+                    converted[k] = outward(v, refine_dtype)
+            ctx.bounds = converted
+            cl, cu = crown_node_bounds(graph, name, cinset, ctx, rows, table, use_windows)
+            return cl.to(dtype), cu.to(dtype)
+    else:
+
+        def crown_bounds(name: str, rows: Tensor | None, done: dict[str, Bounds]) -> Bounds:
+            ctx.bounds = done
+            return crown_node_bounds(graph, name, inset, ctx, rows, table, use_windows)
 
     def refine(node: Node, b: Bounds, done: dict[str, Bounds]) -> Bounds:
         if node.op == "input" or (node.name not in needs and node.name not in targets):
             return b
-        ctx.bounds = done
         lo, hi = b
         if node.name not in targets:
             pass
         elif not nonlin[node.name]:
             if inset.is_l2 or (mode == "crown" and not exact[node.name]):
-                cl, cu = crown_node_bounds(graph, node.name, inset, ctx, None, table)
+                cl, cu = crown_bounds(node.name, None, done)
                 lo, hi = torch.maximum(lo, cl), torch.minimum(hi, cu)
         elif mode == "crown":
             if all(op in _PIECEWISE_AT_ZERO for op in targets[node.name]):
                 want = ((lo < 0) & (hi > 0)).flatten(1)
             else:
                 want = torch.ones(lo.shape[0], lo[0].numel(), dtype=torch.bool)
-            cl, cu = crown_node_bounds(graph, node.name, inset, ctx, want, table, use_windows)
+            cl, cu = crown_bounds(node.name, want, done)
             lo, hi = torch.maximum(lo, cl), torch.minimum(hi, cu)
         if mags is not None:
             lo, hi = widen((lo, hi), mags[node.name])

@@ -124,10 +124,13 @@ def windows(maps: Tensor, geo: Geo, oi: Tensor, oj: Tensor, out_hw: tuple[int, i
     far_h = max(0, (out_hw[0] - 1) * geo.sh - geo.ph + geo.kh - H)
     far_w = max(0, (out_hw[1] - 1) * geo.sw - geo.pw + geo.kw - W)
     padded = F.pad(maps, (geo.pw, far_w, geo.ph, far_h))
-    ub = padded.unfold(2, geo.kh, geo.sh).unfold(3, geo.kw, geo.sw)  # [B1, C, Lh, Lw, kh, kw]
-    ub = ub.expand((B,) + tuple(ub.shape[1:]))
-    b_idx = torch.arange(B).unsqueeze(1)
-    return ub[b_idx, :, oi, oj]
+    u = padded.unfold(2, geo.kh, geo.sh).unfold(3, geo.kw, geo.sw)  # [B1, C, Lh, Lw, kh, kw]
+    b1, c, lh, lw = u.shape[:4]
+    # one contiguous [C * kh * kw] block per position, then whole blocks gathered per row
+    u = u.permute(0, 2, 3, 1, 4, 5).reshape(b1, lh * lw, c * geo.kh * geo.kw)
+    pos = oi * lw + oj
+    out = u[0][pos] if b1 == 1 else u[torch.arange(B).unsqueeze(1), pos]
+    return out.reshape(B, oi.shape[1], c, geo.kh, geo.kw)
 
 
 def _transpose_conv(Wn: Tensor, weight: Tensor, attrs: dict[str, Any], new: Geo) -> Tensor:

@@ -2,8 +2,9 @@
 
 A row at budget eps is ``certified`` only if the example is classified correctly and every margin lower
 bound f_y − f_j (j ≠ y) over the ball ∩ input domain is > 0; the bounds hold for the model's float32
-evaluation (``float_model="float32"``, default) or the real-valued network (``"real"``), float64 rounding
-of the bound computation included (see ``robustcert.bounds._soundness``). Rows record ``float_model``.
+evaluation (``float_model="float32"``, default) or the real-valued network (``"real"``), the rounding
+of the bound computation included (see ``robustcert.bounds._soundness``; ``precision`` picks the dtype of
+CROWN's intermediate passes). Rows record ``float_model``.
 """
 
 from __future__ import annotations
@@ -27,11 +28,20 @@ class BoundParams(BudgetParams):
         help="the network certified: its float32 evaluation (any summation order) or the real-valued one",
         choices=("float32", "real"),
     )
+    precision: str = param(
+        "float32",
+        help="dtype of CROWN's intermediate passes (both sound; float64: less rounding slack, ~2x the time)",
+        choices=("float32", "float64"),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class AlphaCrownParams(BoundParams):
     alpha_steps: int = param(20, help="optimisation steps of the ReLU lower slopes", min=1)
+    alpha_lr: float = param(0.1, help="Adam learning rate of the slopes (decayed x0.98 per step)", min=1e-6)
+    alpha_intermediate: bool = param(
+        False, help="also optimise the slopes behind every intermediate bound (tighter, 15-45x the time)"
+    )
 
 
 class BoundCertifier:
@@ -47,9 +57,11 @@ class BoundCertifier:
         self.domain = info.domain
         self.rows_per_example = len(params.eps)
         self.graph = to_graph(model, info.input_shape)
-        self.options: dict[str, Any] = {}
+        self.options: dict[str, Any] = {"precision": params.precision}
         if isinstance(params, AlphaCrownParams):
             self.options["alpha_steps"] = params.alpha_steps
+            self.options["alpha_lr"] = params.alpha_lr
+            self.options["alpha_intermediate"] = params.alpha_intermediate
 
     def certify_batch(
         self, xs: torch.Tensor, ys: list[int], indices: list[int], seeds: list[int]
