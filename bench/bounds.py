@@ -399,10 +399,12 @@ def run_ref_one(name: str, method: str, batch: int, eps: float, repeats: int, th
     """One measurement of ``--reference`` (in its own process): see the module docstring."""
     import torch
 
+    from robustcert.allocator import keep_freed_memory
     from robustcert.bounds import margin_lower
     from robustcert.graph import graph_from_module
 
     torch.set_num_threads(threads)
+    keep_freed_memory()  # as certification does; before the forward pass is timed, so both see it
     model = ref_model(name)
     x, y = ref_inputs(model, batch)
     graph = graph_from_module(model, (1, 28, 28))

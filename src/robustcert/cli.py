@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import robustcert
+from robustcert.allocator import keep_freed_memory
 from robustcert.errors import RobustCertError
 
 EXIT_BAD_INPUT = 2
@@ -402,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = build_parser().parse_args(args)
         debug = bool(getattr(ns, "debug", False))
         _set_threads(int(getattr(ns, "threads", 1)))
+        keep_freed_memory()
         return COMMANDS[ns.command](ns)
     except RobustCertError as exc:
         if debug:

@@ -36,7 +36,7 @@ from robustcert.graph.ir import Graph, Node
 Bounds = tuple[Tensor, Tensor]
 
 # Bytes the CROWN coefficient tensors of one chunk of specification rows may take (estimate).
-MEMORY_BUDGET_BYTES = 256 * 2**20
+MEMORY_BUDGET_BYTES = 128 * 2**20
 
 
 @dataclass
@@ -479,27 +479,31 @@ def _bounds_of_node(ctx: Ctx, name: str) -> Bounds:
     return ctx.bounds[name]
 
 
-def concretize_input(A: Coeffs, inset: InputSet, upper: bool = False) -> Tensor:
+def concretize_input(A: Coeffs, inset: InputSet, upper: bool = False, consume: bool = False) -> Tensor:
     """Lower (or upper) bound of ``A · x`` over the input set: [B, S].
 
     Box: ``A·c ∓ |A|·r``. L2: the tighter of the ball bound ``A·x0 ∓ eps ||A||_2`` and the box bound —
     both bound ``A · x`` over ball ∩ box, so the tighter one does too (``||A||_2`` of the stored numbers:
     a representation stores zeros, or nothing, for the coefficients it leaves out).
+
+    ``consume``: ``A`` is not used afterwards (by anyone), so ``|A|`` may overwrite it (box only): one
+    allocation of A's size fewer.
     """
     model = active_rounding()
     c = (inset.lo + inset.hi) / 2
     r = (inset.hi - inset.lo) / 2
     sign = 1.0 if upper else -1.0
-    absA = A.data.abs()
+    ac = A.dot(c)
+    absA = A.data.abs_() if consume and inset.center is None else A.data.abs()
     n = _rows_of(A)
     if model is None:
-        val = A.dot(c) + sign * dot(absA, A.local(r))
+        val = ac + sign * dot(absA, A.local(r))
     else:
         # one pass over |A|: the radius and the inflated rounding weight summed (rounded up) per input;
         # the sum's own rounding is a relative error of the slack part, inside the inflation
         infl, floor = model.inflate(A.data.dtype), model.floor(A.data.dtype)
         t = toward(r + infl * model.box_weight(inset, n), upper=True)
-        val = toward(A.dot(c) + sign * dot(absA, A.local(t)) + sign * floor, upper)
+        val = toward(ac + sign * dot(absA, A.local(t)) + sign * floor, upper)
     if inset.center is not None:
         norm = torch.linalg.vector_norm(A.data.flatten(2), dim=-1)
         ball = A.dot(inset.center) + sign * inset.eps * norm
@@ -532,13 +536,15 @@ def concretize(
     inset: InputSet,
     ctx: Ctx,
     upper: bool = False,
+    consume: bool = False,
 ) -> Tensor:
-    """Lower bound (or, for the leaves/bias of an upper bound, upper bound) of the linear form."""
+    """Lower bound (or, for the leaves/bias of an upper bound, upper bound) of the linear form.
+    ``consume``: the input leaf's coefficients are not used afterwards (see :func:`concretize_input`)."""
     directed = active_rounding() is not None
     total: Tensor | float = bias
     for name, A in leaves.items():
         if name == graph.input_name:
-            term = concretize_input(A, inset, upper)
+            term = concretize_input(A, inset, upper, consume)
         else:
             term = concretize_interval(A, ctx.bounds[name], upper)
         total = _plus_bias(total, term, directed, upper)

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from robustcert.allocator import keep_freed_memory
 from robustcert.bounds import alpha_crown, crown, ibp
 from robustcert.bounds._common import Ctx, InputSet, rounding_scope, toward
 from robustcert.bounds._soundness import (
@@ -148,6 +149,7 @@ def _plan(
 ) -> _Plan:
     _check_choice("float_model", rounding, ROUNDINGS)
     _check_choice("precision", precision, tuple(PRECISIONS))
+    keep_freed_memory()  # large tensors reused instead of page-faulted in again (robustcert.allocator)
     graph, inset, shapes = _graph_and_set(model, x, eps, norm, method, box, intermediate, domain)
     mags = _legacy_mags(graph, inset) if rounding == "legacy" else None
     rmodel = None
@@ -226,8 +228,9 @@ def margin_lower(
     tighter and 15-45x costlier, see :mod:`robustcert.bounds.alpha_crown`). ``intermediate``: how
     CROWN/alpha-CROWN bound the activation inputs (``"crown"`` or ``"ibp"`` = CROWN-IBP). ``precision``:
     the dtype of CROWN's intermediate passes, the costly part (``"float32"``, default, or ``"float64"``:
-    less rounding slack at about twice the cost); IBP intervals and the final bounds are float64. The model is used in eval mode (its mode is restored); a model in training
-    mode with BatchNorm is refused. Bad input raises :class:`RobustCertError`.
+    less rounding slack at about twice the cost); IBP intervals and the final bounds are float64. The
+    model is used in eval mode (its mode is restored); a model in training mode with BatchNorm is
+    refused. Bad input raises :class:`RobustCertError`.
     """
     _check_choice("float_model", float_model, FLOAT_MODELS)
     return _margins(

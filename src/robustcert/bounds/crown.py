@@ -513,8 +513,12 @@ def _bounds_of(
     table: dict[str, Affine | Relax],
 ) -> Bounds:
     ll, bl, lu, bu = backward(graph, target, A0, table, ctx, lower=True, upper=True)
-    lo = concretize(ll, bl, graph, inset, ctx)
-    up = concretize(lu, bu, graph, inset, ctx, upper=True)
+    # the coefficients were made here (A0 is the caller's fresh start, used once): the input leaf may be
+    # overwritten by its last user, i.e. the lower pass unless the upper one shares it
+    inp = graph.input_name
+    shared = inp in ll and inp in lu and ll[inp] is lu[inp]
+    lo = concretize(ll, bl, graph, inset, ctx, consume=not shared)
+    up = concretize(lu, bu, graph, inset, ctx, upper=True, consume=True)
     rows = (A0.data if isinstance(A0, Coeffs) else A0).shape[1]
     return lo.expand(inset.batch, rows), up.expand(inset.batch, rows)
 

@@ -134,14 +134,28 @@ def windows(maps: Tensor, geo: Geo, oi: Tensor, oj: Tensor, out_hw: tuple[int, i
 
 
 def _transpose_conv(Wn: Tensor, weight: Tensor, attrs: dict[str, Any], new: Geo) -> Tensor:
-    """Window coefficients through a convolution (transposed): [N, Co, kh, kw] -> [N, Ci, kh', kw']."""
+    """Window coefficients through a convolution (transposed): [N, Co, kh, kw] -> [N, Ci, kh', kw'].
+
+    Each window position's kernel-sized contribution (one batched product) is added at its offset in
+    the new window: kh * kw strided slice additions over all rows at once (``F.fold`` loops over the
+    rows one by one). The same sums as the transposed convolution, in another order."""
     n, co, kh, kw = Wn.shape
     g = attrs["groups"]
     ci_g, k1, k2 = weight.shape[1:]
     w = weight.reshape(g, co // g, ci_g * k1 * k2)
-    cols = torch.einsum("ngol,goq->ngql", Wn.reshape(n, g, co // g, kh * kw), w)
-    cols = cols.reshape(n, g * ci_g * k1 * k2, kh * kw)
-    return F.fold(cols, (new.kh, new.kw), (k1, k2), dilation=attrs["dilation"], stride=attrs["stride"])
+    cols = torch.einsum("ngol,goq->nlgq", Wn.reshape(n, g, co // g, kh * kw), w)
+    cols = cols.reshape(n, kh, kw, g * ci_g, k1, k2)
+    (s1, s2), (d1, d2) = attrs["stride"], attrs["dilation"]
+    if kh == 1 and kw == 1:
+        if d1 == 1 and d2 == 1:
+            return cols[:, 0, 0]
+    out = torch.zeros((n, g * ci_g, new.kh, new.kw), dtype=Wn.dtype, device=Wn.device)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * s1, i * s1 + d1 * (k1 - 1) + 1, d1)
+            col = slice(j * s2, j * s2 + d2 * (k2 - 1) + 1, d2)
+            out[:, :, rows, col] += cols[:, i, j]
+    return out
 
 
 class Patches(Coeffs):
