@@ -46,7 +46,9 @@ def conv2d_back(node: Node, A: Tensor, ctx: Ctx) -> Back:
     if a.dtype == torch.float32 and in_shape[0] >= 8:
         # oneDNN's channels-last kernels: several times faster on a CPU (the result stays channels-last;
         # splitting its batch dimension below is a view)
-        x = F.conv_transpose2d(a.contiguous(memory_format=torch.channels_last), W, None, st, pd, opad, groups, dl)
+        x = F.conv_transpose2d(
+            a.contiguous(memory_format=torch.channels_last), W, None, st, pd, opad, groups, dl
+        )
     else:  # few output channels (e.g. the input image): the im2col kernel beats oneDNN's several times
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about TF32 on Intel GPUs when flags change

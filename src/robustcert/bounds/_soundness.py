@@ -67,9 +67,11 @@ NNPACK (Winograd/FFT convolutions) is off.
   Â_u) . u~ + Â_v . c``. Each entry of ``Â_u`` sums at most ``t_v`` products (``back_terms``: the
   output features of a linear layer, ``C_out / groups x ceil(kh / s_h) x ceil(kw / s_w)`` for a
   convolution, the covering windows of a pool, 1 for element-wise ops; ``numel(v)`` when unknown), so
-  ``|Â_v L - Â_u| <= gamma_{t_v} |Â_v| |L|`` (Higham (3.13)); the bias dot sums ``numel(v) = N`` terms:
-  ``|b - Â_v . c| <= gamma_N |Â_v| |c|``. With ``|u~| <= m_u`` and ``|L| m_u <= a_v``, ``|c| = a_v(0)``
-  the bound loses at most ``|Â_v| . (gamma_{t_v + 2} a_v + gamma_{N + 2} a_v(0))``. Elementwise ops whose
+  ``|Â_v L - Â_u| <= gamma_{t_v} |Â_v| |L|`` (Higham (3.13)); the bias dot takes at most ``t_b``
+  roundings per term (``numel(v) = N``; a convolution sums each channel's map, multiplies by the bias
+  and sums the channels: ``H W + C + 1``): ``|b - Â_v . c| <= gamma_{t_b} |Â_v| |c|``. With ``|u~| <= m_u``
+  and ``|L| m_u <= a_v``, ``|c| = a_v(0)`` the bound loses at most ``|Â_v| . (gamma_{t_v + 2} a_v +
+  gamma_{t_b + 2} a_v(0))``. Elementwise ops whose
   scale is computed (batchnorm's scale/shift; the window representation's ``s = op(1) - op(0)``) have
   ``|s^ - s| <= gamma_16 (a_v(1) + a_v(0))``, adding ``gamma_16 |Â_v| . (a_v(1) + a_v(0)) m_u``. A
   transpose that only gathers rows of ``L`` (the identity specification through a linear layer,
@@ -286,6 +288,12 @@ def _back_conv2d(node: Node) -> int:
     return co * _covering(int(w.shape[2]), st[0], dl[0]) * _covering(int(w.shape[3]), st[1], dl[1])
 
 
+def _bias_terms_conv2d(shape: tuple[int, ...]) -> int:
+    """The transposed convolution's bias dot sums each channel's map, multiplies, then sums channels."""
+    c, h, w = shape
+    return h * w + c + 1
+
+
 def _back_pool(node: Node) -> int:
     (kh, kw), st = node.params["kernel_size"], node.params["stride"]
     return _covering(int(kh), int(st[0]), 1) * _covering(int(kw), int(st[1]), 1)
@@ -315,7 +323,7 @@ class AffineFacts:
     copies values (gather), so only the float64 transpose (a sum) rounds; ``live(node, [m])``: the
     number of terms per output that can be nonzero (at most ``fan_in``), used instead of it in float32;
     ``back_terms(node)``: the most products summed into one entry of the transpose (None: ``numel(v)``,
-    always enough).
+    always enough); ``bias_terms(shape of v)``: the roundings of the bias dot (None: ``numel(v)``).
     """
 
     fan_in: Callable[[Node], int]
@@ -325,6 +333,7 @@ class AffineFacts:
     copy: bool = False
     live: Callable[[Node, Sequence[Tensor]], Tensor] | None = None
     back_terms: Callable[[Node], int] | None = None
+    bias_terms: Callable[[tuple[int, ...]], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -402,7 +411,9 @@ ACTIVATIONS: dict[str, ActFacts] = {
 
 AFFINE: dict[str, AffineFacts] = {
     "linear": AffineFacts(_fan_linear, 2, _abs_linear, live=_live_linear),
-    "conv2d": AffineFacts(_fan_conv2d, 2, _abs_conv2d, live=_live_conv2d, back_terms=_back_conv2d),
+    "conv2d": AffineFacts(
+        _fan_conv2d, 2, _abs_conv2d, live=_live_conv2d, back_terms=_back_conv2d, bias_terms=_bias_terms_conv2d
+    ),
     "avgpool2d": AffineFacts(_fan_pool, 3, _abs_forward, back_terms=_back_pool),
     "add": AffineFacts(lambda n: 2, 0, _abs_add, back_terms=_one),
     "normalize": AffineFacts(_one, 3, _abs_normalize, elementwise=True, back_terms=_one),
@@ -512,9 +523,11 @@ class Rounding:
         w: Tensor
         if backward:
             terms = n_out if facts.back_terms is None else facts.back_terms(node)
-            # the transposed product (<= terms products per entry, |L| m_u <= a) and the bias dot (<= n_out
-            # terms, |c| = a(0))
-            w = gamma(terms + 2, uc) * a + gamma(n_out + 2, uc) * a0
+            shape = self.shapes[node.name]
+            b_terms = n_out if facts.bias_terms is None else facts.bias_terms(shape)
+            # the transposed product (<= terms products per entry, |L| m_u <= a) and the bias dot (<= b_terms
+            # roundings, |c| = a(0))
+            w = gamma(terms + 2, uc) * a + gamma(b_terms + 2, uc) * a0
             if scale_err is not None:
                 w = w + gamma(16, uc) * scale_err
         else:
