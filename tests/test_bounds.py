@@ -313,7 +313,14 @@ def test_explicit_box_equals_the_linf_ball():
     for method in METHODS:
         a = margin_lower(model, x, y, eps=0.02, method=method, alpha_steps=3)
         b = margin_lower(model, None, y, box=box, method=method, alpha_steps=3)
-        torch.testing.assert_close(a, b)
+        if method == "alpha-crown":
+            # the two boxes differ by float rounding (float32 x - 0.02 vs float64, rounded outward), and the
+            # slope search can follow a different path from there: equal up to the search, both >= CROWN
+            crown = margin_lower(model, x, y, eps=0.02, method="crown")
+            assert (a >= crown).all() and (b >= crown - 1e-6).all()
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+        else:
+            torch.testing.assert_close(a, b)
 
 
 def test_l2_uses_the_box_too():

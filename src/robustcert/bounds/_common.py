@@ -306,7 +306,7 @@ def _relax_apply(
     """Coefficients ``A+ a_pos + A- a_neg`` and constant ``A+ · b_pos + A- · b_neg`` (None = zero); the
     slopes and intercepts are already laid out by ``A.local``."""
     pos = A.data.clamp(min=0)
-    new = A.data * a_neg + pos * (a_pos - a_neg)
+    new = torch.addcmul(A.data * a_neg, pos, a_pos - a_neg)  # one pass fewer than mul + add
     bias: Tensor | float = 0.0
     if b_pos is not None:
         bias = bias + dot(pos, b_pos)
