@@ -10,6 +10,16 @@ import torch
 torch.set_num_threads(1) if torch.get_num_threads() > 2 else None
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module's tests (timing-free, deterministic reductions); restored after.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def digits_gaussian_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An mlp-2x64 trained 3 epochs on digits with Gaussian noise sigma=0.25 (a model directory)."""

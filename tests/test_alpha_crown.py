@@ -24,12 +24,7 @@ from test_bounds_models import MODEL_NAMES, SHAPE, inputs, make_model  # noqa: E
 EPS = 0.05
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp(act: nn.Module, hidden: int = 4, width: int = 16, d_in: int = 8, seed: int = 0) -> nn.Module:

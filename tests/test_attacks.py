@@ -10,14 +10,7 @@ from robustcert.attacks import eval_mode, margin, perturb_for_training, pgd, pgd
 from robustcert.errors import RobustCertError
 from robustcert.models.zoo import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear(d: int = 12, k: int = 2, seed: int = 0) -> nn.Sequential:

@@ -24,12 +24,7 @@ PER_CHANNEL = InputDomain((-1.0, 0.0, -2.5), (1.0, 255.0, 0.5))
 HALF_OPEN = InputDomain((-math.inf, 0.0, -math.inf), (1.0, math.inf, math.inf))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model3(seed: int = 0) -> nn.Module:

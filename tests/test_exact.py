@@ -15,14 +15,7 @@ from robustcert.errors import RobustCertError
 from robustcert.exact import exact_margin, exact_margins
 from robustcert.models.zoo import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp(seed: int) -> nn.Sequential:

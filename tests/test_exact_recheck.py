@@ -29,13 +29,7 @@ from robustcert.exact import milp as milp_module
 from robustcert.methods.base import ModelInfo
 from robustcert.methods.exact import ExactCertifier, ExactParams
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ faked solver results

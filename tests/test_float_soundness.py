@@ -34,12 +34,7 @@ from test_bounds_models import MODEL_NAMES, SHAPE, inputs, make_model  # noqa: E
 U32 = 2.0**-24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,14 +29,7 @@ from robustcert.graph import (
 sys.path.insert(0, os.path.dirname(__file__))
 from test_bounds_models import MODEL_NAMES, SHAPE, inputs, make_model  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small tensors: one thread avoids oversubscription on a busy 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def export_onnx(model: nn.Module, path: str, *, opset: int | None = None, fold: bool = True) -> None:

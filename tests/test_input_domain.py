@@ -29,12 +29,7 @@ HALF_OPEN = InputDomain((-math.inf, 0.0, -math.inf), (1.0, math.inf, math.inf))
 MEAN, STD = (0.0, 127.5, -1.0), (1.0, 127.5, 1.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------

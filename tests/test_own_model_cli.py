@@ -25,12 +25,7 @@ PY_MODULE = "own_model_cli_nets"  # a unique name: other tests write their own m
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _export(model: nn.Module, path: Path, dynamic_batch: bool, shape: tuple[int, ...] = (1, 1, 8, 8)) -> Path:
