@@ -280,7 +280,7 @@ def test_certified_value_is_not_the_search_value(monkeypatch):
         return real(graph, C, inset, ctx, *rest)
 
     monkeypatch.setattr(alpha_crown, "_evaluate", spy)
-    out = p.alpha(True, steps=3)
+    out = p.alpha(True, steps=alpha_crown.INTERMEDIATE_STEPS + 2)
     assert out.dtype == p.inset.lo.dtype
     certified = [d for d in dtypes if d == p.inset.lo.dtype]
     assert dtypes[-1] == p.inset.lo.dtype and len(certified) == 2  # final-only and joint proposals
@@ -339,3 +339,27 @@ def test_l2_ball_intermediate_mode():
             out = graph.forward(pts)
         m = out[:, y[b] : y[b] + 1] - out
         assert (m[:, rows[b]] >= lb[b, rows[b]]).all()
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_box_bound_value_and_gradient_match_autograd(per_row, sign):
+    """The fused box bound of the search equals ``A.c + sign |A|.r`` and autograd's gradient of it."""
+    from robustcert.bounds._common import _BoxBound, dot
+
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+    a[0, 0, 0] = 0.0  # |.| at 0: either subgradient is valid; both implementations pick 0
+    shape = (2, 3, 5) if per_row else (2, 1, 5)
+    c, r = (
+        torch.randn(shape, generator=gen, dtype=torch.float64),
+        torch.rand(shape, generator=gen, dtype=torch.float64),
+    )
+    g = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    a1, a2 = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    fused = _BoxBound.apply(a1, c, r, sign)
+    plain = dot(a2, c) + sign * dot(a2.abs(), r)
+    assert torch.allclose(fused, plain, rtol=1e-12, atol=1e-12)
+    (fused * g).sum().backward()
+    (plain * g).sum().backward()
+    assert torch.allclose(a1.grad, a2.grad, rtol=1e-12, atol=1e-12)

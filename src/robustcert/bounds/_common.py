@@ -479,6 +479,25 @@ def _bounds_of_node(ctx: Ctx, name: str) -> Bounds:
     return ctx.bounds[name]
 
 
+class _BoxBound(torch.autograd.Function):
+    """``dot(A, c) + sign * dot(|A|, r)`` with a fused backward: ``g * (c + sign * sgn(A) * r)`` in one
+    tensor of A's size, instead of autograd's outer products through the two matrix-vector products
+    and the abs (measured: 3x the forward's cost). Exact arithmetic only (the search of alpha-CROWN)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, c: Tensor, r: Tensor, sign: float) -> Tensor:
+        ctx.save_for_backward(a, c, r)
+        ctx.sign = sign
+        return dot(a, c) + sign * dot(a.abs(), r)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
+        a, c, r = ctx.saved_tensors
+        grad = torch.sgn(a).mul_(r)
+        grad = grad.mul_(ctx.sign).add_(c) if grad.shape == a.shape else (grad * ctx.sign + c).expand_as(a)
+        return grad.mul_(g.reshape(g.shape + (1,) * (a.ndim - g.ndim))), None, None, None
+
+
 def concretize_input(A: Coeffs, inset: InputSet, upper: bool = False, consume: bool = False) -> Tensor:
     """Lower (or upper) bound of ``A · x`` over the input set: [B, S].
 
@@ -493,6 +512,8 @@ def concretize_input(A: Coeffs, inset: InputSet, upper: bool = False, consume: b
     c = (inset.lo + inset.hi) / 2
     r = (inset.hi - inset.lo) / 2
     sign = 1.0 if upper else -1.0
+    if model is None and inset.center is None and A.data.requires_grad:
+        return _BoxBound.apply(A.data, A.local(c), A.local(r), sign)
     ac = A.dot(c)
     absA = A.data.abs_() if consume and inset.center is None else A.data.abs()
     n = _rows_of(A)

@@ -20,23 +20,28 @@ Two modes.
   tightened (:func:`.crown.refine_targets`), that lies after an activation and that feeds only ReLU /
   LeakyReLU gets its own alphas: one per (bound row, neuron) of every ReLU / LeakyReLU before it, for a
   lower-bound row and an upper-bound row (the latter as the lower bound of ``-z``) of each of its
-  neurons that the fixed intervals leave unstable (only those matter to a relaxation). Each step
-  recomputes these intervals in topological order with their alphas, intersects each with the fixed
+  neurons that the fixed intervals leave unstable (only those matter to a relaxation). Two phases:
+  the first ``steps - intermediate_steps`` steps are the default mode's search; the last
+  ``intermediate_steps`` (``INTERMEDIATE_STEPS`` = 6) steps, warm-started from its final-bound alphas,
+  optimise every alpha jointly at ``JOINT_LR_SCALE`` (3) times the learning rate. Each joint step
+  recomputes the intervals in topological order with their alphas, intersects each with the fixed
   interval (never looser), uses them for the later nodes and the final bound, and ascends the sum of
   the final row bounds only; gradients flow through the intermediate intervals into the later
   relaxations. In the search the intersection takes the value of ``max``/``min`` but passes the
-  gradient of the recomputed bound (straight-through): the float32 recomputation, with its own
-  rounding slack, starts a hair looser than the fixed interval, and a plain ``max`` would pass no
-  gradient at all. Rows of a conv feature map keep their coefficients in their receptive field
-  (:class:`.crown_window.Patches`, the alphas laid out as windows too), other rows are dense. The batch
-  is split into chunks whose estimated search memory fits ``INTERMEDIATE_BUDGET_BYTES`` (a node whose
-  rows alone would not fit for one example keeps its fixed interval). Cost per step: one backward pass
-  per optimised node for twice its unstable neurons as rows, on top of the final one, plus the
-  default mode's search (run too, see Soundness). Measured (one core, 8 MNIST-sized examples, eps 0.03,
-  20 steps, CPU seconds): 784-256-256-10 MLP 4.1 vs 0.3 (default), conv net (2 conv + 1 linear hidden)
-  24 vs 1.6, 6x256 MLP 31 vs 0.7 — 15-45x the default mode, growing with depth (the number of
-  optimised nodes and the layers each crosses) and with the unstable neurons per node; peak memory
-  about 2 GB for the 6x256 MLP (bounded by the chunking).
+  gradient of the recomputed bound (straight-through): the float32 recomputation starts a hair looser
+  than the fixed interval, and a plain ``max`` would pass no gradient at all. Rows of a conv feature
+  map keep their coefficients in their receptive field (:class:`.crown_window.Patches`, the alphas laid
+  out as windows too), other rows are dense (a linear layer's rows gathered, :class:`.crown.UnitRows`).
+  The batch is split into chunks whose estimated search memory fits ``INTERMEDIATE_BUDGET_BYTES`` (a
+  node whose rows alone would not fit for one example keeps its fixed interval). Cost per joint step:
+  one backward pass per optimised node for twice its unstable neurons as rows, on top of the final one.
+  Why two phases: the joint steps cost 10-40x a default step, and most of the final alphas' gain comes
+  cheaply first. Measured (one core, the issue-14 models, 8 examples, eps 0.03, 20 steps at lr 0.1,
+  mean gain over CROWN): 784-256-256-10 MLP +0.0338 (20 joint steps at lr 0.1: +0.0350; default mode
+  +0.0243), conv net (2 conv + 1 linear hidden) +0.0092 (+0.0096; +0.0040), 6x256 MLP +5.24 (+5.60;
+  +1.61) in 0.8 s, 5.4 s and 6.8 s (2.6 s, 17.6 s and 27.2 s with 20 joint steps; default 0.2 s,
+  1.0 s, 0.6 s). Six joint steps at 3x the rate keep 96-97% of the 20-step gain; 4-5 steps lose the
+  conv net's margin over auto_LiRPA's +0.0090.
 
 Optimiser (both modes): projected Adam (Kingma & Ba; alphas clamped to [0, 1] after each step) with the
 learning rate multiplied by ``LR_DECAY`` = 0.98 per step, as auto_LiRPA does. The iterate with the best
@@ -58,10 +63,12 @@ computed over those intervals. Given valid earlier intervals, any alpha in [0, 1
 relaxations, so by induction every recomputed interval and the final bound are valid whatever the
 proposal. The result is the elementwise maximum of that and plain CROWN on ``ctx.bounds``, hence never
 looser than CROWN with the same intervals; in the intermediate mode also of the default mode's result
-(its search is run too, at a few percent of the cost), so per row never looser than the default mode.
+(its first phase, certified on its own), so per row never looser than the default mode's first phase.
 
-The search runs inside the caller's rounding scope too (its objective then carries the same kind of
-slack terms as the certified bound); its values are discarded all the same.
+The search runs in exact-arithmetic mode (no rounding slack terms, :func:`._common.rounding_scope`
+``None``; its values are discarded, and the slack terms cost a third of its time). Certification
+recomputes everything in the dtype of ``inset`` (float64 from :func:`.api.margin_lower`), the
+intermediate intervals too: float32's slack would eat 40% of their gain (see :func:`_evaluate`).
 
 Caveat: the recomputed intervals carry the active rounding model's slack but not the legacy
 ``mags`` widening of :func:`.crown.intermediate_bounds` (``rounding="legacy"``, a comparison mode):
@@ -83,14 +90,15 @@ from robustcert.bounds._common import (
     Bounds,
     Coeffs,
     Ctx,
-    Dense,
     InputSet,
     Relax,
     backward,
     concretize,
+    rounding_scope,
 )
 from robustcert.bounds.crown import RULES as CROWN_RULES
 from robustcert.bounds.crown import (
+    UnitRows,
     crown_lower,
     leaky_relu_relax,
     nonlinear_ancestry,
@@ -108,6 +116,9 @@ EARLY_STOP_PATIENCE = 5
 INTERMEDIATE_BUDGET_BYTES = 1024 * 2**20
 _SAVED = 4
 _ALPHA_OPS = ("relu", "leaky_relu")
+# the intermediate mode: the last INTERMEDIATE_STEPS steps optimise every alpha, at JOINT_LR_SCALE x lr
+INTERMEDIATE_STEPS = 6
+JOINT_LR_SCALE = 3.0
 
 
 def _laid_out(node: Node, unstable: Tensor, alpha: Tensor, base: Tensor, ctx: Ctx) -> Tensor:
@@ -218,7 +229,9 @@ class _Target:
             return _RowPatches(torch.cat([p.data, -p.data], 1), self.name, self.geos, *two, p.out_hw)
         n = numel(self.shape)
         dense = torch.zeros((B, R, n), dtype=dtype).scatter_(2, self.idx.unsqueeze(-1), 1.0)
-        return Dense(torch.cat([dense, -dense], 1).reshape((B, 2 * R) + self.shape))
+        sign = torch.cat([torch.ones((B, R), dtype=dtype), -torch.ones((B, R), dtype=dtype)], 1)
+        data = torch.cat([dense, -dense], 1).reshape((B, 2 * R) + self.shape)
+        return UnitRows(data, torch.cat([self.idx, self.idx], 1), sign)  # a linear layer: rows gathered
 
     def window(self) -> tuple | None:
         if self.geos is None:
@@ -359,7 +372,11 @@ def _evaluate(
 ) -> tuple[Tensor, dict[str, Bounds]]:
     """The bound of ``C`` with the given alphas: intermediate intervals of ``targets`` recomputed in
     topological order (each intersected with the one in ``ctx.bounds``), then the final bound. Runs in
-    the dtype of the tensors given; differentiable. Returns the bound and the intervals used."""
+    the dtype of the tensors given; differentiable. Returns the bound and the intervals used.
+
+    Certification recomputes the intervals in the dtype of ``inset`` (float64), unlike CROWN's own
+    intermediate passes (float32 by default): the float32 rounding slack (about ``n u |A||x|``) is of
+    the size of the alphas' gain on an interval (measured on the MNIST MLP: 40% of it)."""
     bounds = dict(ctx.bounds)
     state = dict(ctx.state)
     actx = Ctx(ctx.shapes, bounds, state)
@@ -427,13 +444,21 @@ def _search(
     steps: int,
     lr: float,
     dtype: torch.dtype,
+    warm: dict[str, Tensor] | None = None,
 ) -> Proposal:
     """Projected Adam on the alphas in ``dtype``; returns the best alphas seen (per row when there are
-    no intermediate targets, else per example)."""
+    no intermediate targets, else per example). ``warm``: starting final-bound alphas (e.g. the default
+    mode's result) instead of CROWN's slopes."""
     s_bounds = {k: (v[0].to(dtype), v[1].to(dtype)) for k, v in ctx.bounds.items()}
     s_ctx = Ctx(ctx.shapes, s_bounds, dict(ctx.state))
     s_inset, s_C = inset.to(dtype), C.to(dtype)
-    final = {k: v.requires_grad_(True) for k, v in _final_alphas(graph, s_bounds, C.shape[1], dtype).items()}
+    start = _final_alphas(graph, s_bounds, C.shape[1], dtype)
+    if warm is not None:
+        start = {
+            k: warm[k].detach().clamp(0.0, 1.0).to(dtype).clone() if k in warm else v
+            for k, v in start.items()
+        }
+    final = {k: v.requires_grad_(True) for k, v in start.items()}
     inter = {
         t.name: {k: v.requires_grad_(True) for k, v in _target_alphas(graph, t, s_bounds, dtype).items()}
         for t in targets
@@ -446,7 +471,7 @@ def _search(
     per_row = not targets
     best_val = torch.full(C.shape[:2] if per_row else C.shape[:1], -torch.inf, dtype=dtype)
     opt, stop = _Adam(params, lr), _Stopper()
-    with torch.enable_grad():
+    with torch.enable_grad(), rounding_scope(None):  # a proposal only: no rounding slack terms
         for _ in range(steps):
             lb, _ = _evaluate(graph, s_C, s_inset, s_ctx, targets, final, inter)
             masked = torch.where(mask, lb, torch.zeros_like(lb))
@@ -514,6 +539,7 @@ def alpha_crown_lower(
     row_mask: Tensor | None = None,
     search_dtype: torch.dtype = torch.float32,
     optimize_intermediate: bool = False,
+    intermediate_steps: int = INTERMEDIATE_STEPS,
 ) -> Tensor:
     """Lower bound of ``C · output`` ([B, S]) after at most ``steps`` projected-Adam steps on the slopes.
 
@@ -534,8 +560,9 @@ def alpha_crown_lower(
     B = inset.batch
     mask = torch.ones((B, C.shape[1]), dtype=torch.bool) if row_mask is None else row_mask
     itemsize = torch.empty((), dtype=search_dtype).element_size()
+    joint_steps = min(steps, max(0, int(intermediate_steps))) if optimize_intermediate else 0
     chunk = B
-    if optimize_intermediate:
+    if joint_steps:
         cost = sum(t.cost for t in _targets(graph, ctx, itemsize))
         chunk = max(1, min(B, INTERMEDIATE_BUDGET_BYTES // max(1, cost)))
     parts = []
@@ -543,13 +570,29 @@ def alpha_crown_lower(
         b1 = min(B, b0 + chunk)
         sub_ctx, sub_C, sub_inset, sub_mask = _slice(ctx, C, inset, mask, b0, b1)
         part = best[b0:b1]
-        targets = _targets(graph, sub_ctx, itemsize) if optimize_intermediate else []
-        # the final-only search always; with intermediate targets, the joint one as well
-        for tg in [[], targets] if targets else [[]]:
-            proposal = _search(graph, sub_C, sub_inset, sub_ctx, tg, sub_mask, steps, lr, search_dtype)
-            if proposal.final or proposal.inter:
-                lb = _certify(graph, sub_C, sub_inset, sub_ctx, tg, proposal)
-                part = torch.fmax(part, lb.expand(b1 - b0, C.shape[1]))  # a NaN bound is ignored
+        targets = _targets(graph, sub_ctx, itemsize) if joint_steps else []
+        # phase 1, the final bound's alphas alone; phase 2 (the last joint_steps steps), all of them
+        plain_steps = steps - joint_steps if targets else steps
+        proposal = _search(graph, sub_C, sub_inset, sub_ctx, [], sub_mask, plain_steps, lr, search_dtype)
+        if proposal.final and plain_steps:
+            lb = _certify(graph, sub_C, sub_inset, sub_ctx, [], proposal)
+            part = torch.fmax(part, lb.expand(b1 - b0, C.shape[1]))  # a NaN bound is ignored
+        if targets:
+            warm = proposal.final if plain_steps else None
+            joint = _search(
+                graph,
+                sub_C,
+                sub_inset,
+                sub_ctx,
+                targets,
+                sub_mask,
+                joint_steps,
+                lr * JOINT_LR_SCALE,
+                search_dtype,
+                warm,
+            )
+            lb = _certify(graph, sub_C, sub_inset, sub_ctx, targets, joint)
+            part = torch.fmax(part, lb.expand(b1 - b0, C.shape[1]))
         parts.append(part)
     return torch.cat(parts).detach()
 

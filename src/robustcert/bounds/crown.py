@@ -424,19 +424,23 @@ def ibp_is_exact(graph: Graph) -> dict[str, bool]:
 class UnitRows(Dense):
     """The identity specification of chosen neurons (``data`` one-hot, ``idx`` [B, S] their flat
     indices): through a linear layer its transpose is the layer's rows ``W[idx]`` and biases ``b[idx]``,
-    gathered (exact copies) instead of multiplied."""
+    gathered (exact copies) instead of multiplied. ``sign`` [B, S] of +-1 (optional): rows ``sign * e_idx``
+    (negated copies, exact too)."""
 
-    def __init__(self, data: Tensor, idx: Tensor) -> None:
+    def __init__(self, data: Tensor, idx: Tensor, sign: Tensor | None = None) -> None:
         super().__init__(data)
-        self.idx = idx
+        self.idx, self.sign = idx, sign
 
     def through(self, node: Node, rule: Affine, ctx: Ctx) -> tuple[list[Coeffs], Tensor | None]:
         if node.op != "linear" or len(ctx.shapes[node.name]) != 1:
             return super().through(node, rule, ctx)
-        weight = node.params["weight"].to(self.data.dtype)
+        weight = node.params["weight"].to(self.data.dtype)[self.idx]
         bias = node.params.get("bias")
         b = None if bias is None else bias.to(self.data.dtype)[self.idx]
-        return [Dense(weight[self.idx])], b
+        if self.sign is not None:
+            weight = weight * self.sign.unsqueeze(-1)
+            b = None if b is None else b * self.sign
+        return [Dense(weight)], b
 
 
 def _max_numel(graph: Graph, target: str, shapes: dict[str, tuple[int, ...]]) -> int:
