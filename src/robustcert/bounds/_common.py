@@ -407,6 +407,12 @@ def backward(
     relaxations in ``table`` are valid on the intervals in ``ctx.bounds``; leaves are the input node and
     any node of ``stop`` reached (upper bound likewise with ``<=``).
 
+    Lagrange terms (beta-CROWN): ``ctx.state["lagrange"]``, if set, maps nodes to tensors ``t``
+    ([1 or B, S, *shape]) added to the lower bound's coefficients on that node when the traversal
+    reaches it. The lower bound then holds for ``A0 · v_target + sum_node t · v_node`` instead; with
+    ``t = -beta * s`` (``beta >= 0``) on a domain where ``s * v_node >= 0`` the added part is <= 0, so
+    it bounds ``A0 · v_target`` there too (see :mod:`.subdomains`). Dense coefficients only.
+
     Without a rounding model this is the exact-arithmetic statement. Inside :func:`rounding_scope` it
     holds for the computed leaves and bias as they are (the float32 error of every node crossed and the
     float64 residual of every step are in the bias, see :mod:`._soundness`); the leaves' concretisation
@@ -418,6 +424,7 @@ def backward(
     slack_lo: Tensor | float = 0.0
     slack_up: Tensor | float = 0.0
     start = A0 if isinstance(A0, Coeffs) else Dense(A0)
+    lagrange = ctx.state.get("lagrange") if lower else None
     anc = graph.ancestors(target)
     A_lo: dict[str, Coeffs | None] = {target: start if lower else None}
     A_up: dict[str, Coeffs | None] = {target: start if upper else None}
@@ -430,6 +437,9 @@ def backward(
         if node.name not in anc or node.name not in A_lo:
             continue
         al, au = A_lo.pop(node.name), A_up.pop(node.name)
+        if lagrange and node.name in lagrange and al is not None:
+            al, s_l = _plus_lagrange(al, lagrange[node.name], ctx, node.name, model)
+            slack_lo = slack_lo + s_l
         if node.op == "input" or node.name in stop:
             if al is not None:
                 leaves_lo[node.name] = al
@@ -471,6 +481,19 @@ def backward(
         bias_lo = _finish(bias_lo, slack_lo + floor, infl, upper=False)
         bias_up = _finish(bias_up, slack_up + floor, infl, upper=True)
     return leaves_lo, bias_lo, leaves_up, bias_up
+
+
+def _plus_lagrange(
+    A: Coeffs, term: Tensor, ctx: Ctx, name: str, model: RoundingModel | None
+) -> tuple[Coeffs, Tensor | float]:
+    """``A + term`` on node ``name`` and the rounding slack of that one addition (``gamma_1 |sum| ·
+    |v|``, as any merge of two coefficient sets)."""
+    if not isinstance(A, Dense):
+        raise AssertionError(f"Lagrange terms need dense coefficients on {name!r}")
+    out = Dense(A.data + term)
+    if model is None:
+        return out, 0.0
+    return out, _abs_dot(out, model.merge_weight(_bounds_of_node(ctx, name)))
 
 
 def _bounds_of_node(ctx: Ctx, name: str) -> Bounds:

@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -369,6 +369,8 @@ def _evaluate(
     targets: list[_Target],
     final: dict[str, Tensor],
     inter: dict[str, dict[str, Tensor]],
+    beta: dict[str, Tensor] | None = None,
+    splits: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Bounds]]:
     """The bound of ``C`` with the given alphas: intermediate intervals of ``targets`` recomputed in
     topological order (each intersected with the one in ``ctx.bounds``), then the final bound. Runs in
@@ -379,19 +381,30 @@ def _evaluate(
     the size of the alphas' gain on an interval (measured on the MNIST MLP: 40% of it)."""
     bounds = dict(ctx.bounds)
     state = dict(ctx.state)
+    state["lagrange"] = None
     actx = Ctx(ctx.shapes, bounds, state)
     for t in targets:
         bounds[t.name] = _target_interval(graph, t, inset, actx, inter[t.name], ctx.bounds[t.name])
     state["alpha"], state["win"] = final, None
+    if beta:
+        assert splits is not None
+        state["lagrange"] = {n: _lagrange_term(b, splits[n]) for n, b in beta.items()}
     return crown_lower(graph, C, inset, actx, RULES), bounds
+
+
+def _lagrange_term(beta: Tensor, signs: Tensor) -> Tensor:
+    """``-beta * s`` ([B, S, *shape]) for the split signs ``s`` ([B, *shape] in {-1, 0, 1}): exact in
+    floating point (a sign flip), and ``<= 0`` times the node's value wherever ``s * value >= 0``."""
+    return -(beta * signs.to(beta.dtype).unsqueeze(1))
 
 
 class _Adam:
     """Projected Adam on tensors in [0, 1] with the learning rate decayed by ``LR_DECAY`` per step.
     Written out: torch.optim's first step imports torch._dynamo (seconds)."""
 
-    def __init__(self, params: list[Tensor], lr: float) -> None:
+    def __init__(self, params: list[Tensor], lr: float, upper: list[float] | None = None) -> None:
         self.params, self.lr, self.t = params, lr, 0
+        self.upper = [1.0] * len(params) if upper is None else upper
         self.m1 = [torch.zeros_like(p) for p in params]
         self.m2 = [torch.zeros_like(p) for p in params]
 
@@ -401,12 +414,12 @@ class _Adam:
         beta1, beta2, tiny = 0.9, 0.999, 1e-8
         lr = self.lr * LR_DECAY ** (self.t - 1)
         c1, c2 = 1 - beta1**self.t, 1 - beta2**self.t
-        for p, g, a, b in zip(self.params, grads, self.m1, self.m2, strict=True):
+        for p, g, a, b, top in zip(self.params, grads, self.m1, self.m2, self.upper, strict=True):
             if g is None:
                 continue
             a.mul_(beta1).add_(g, alpha=1 - beta1)
             b.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            p.sub_(lr * (a / c1) / ((b / c2).sqrt() + tiny)).clamp_(0.0, 1.0)
+            p.sub_(lr * (a / c1) / ((b / c2).sqrt() + tiny)).clamp_(0.0, top)
 
 
 class _Stopper:
@@ -432,6 +445,7 @@ class Proposal:
 
     final: dict[str, Tensor]
     inter: dict[str, dict[str, Tensor]]
+    beta: dict[str, Tensor] = field(default_factory=dict)  # split node -> [B, S, *shape], clamped >= 0
 
 
 def _search(
@@ -444,18 +458,20 @@ def _search(
     steps: int,
     lr: float,
     dtype: torch.dtype,
-    warm: dict[str, Tensor] | None = None,
+    warm: Proposal | None = None,
+    splits: dict[str, Tensor] | None = None,
 ) -> Proposal:
     """Projected Adam on the alphas in ``dtype``; returns the best alphas seen (per row when there are
-    no intermediate targets, else per example). ``warm``: starting final-bound alphas (e.g. the default
-    mode's result) instead of CROWN's slopes."""
+    no intermediate targets, else per example). ``warm``: starting final-bound alphas and betas (e.g. the
+    default mode's result) instead of CROWN's slopes and zeros. ``splits``: split signs per node ([B,
+    *shape] in {-1, 0, 1}) whose Lagrange multipliers (betas, >= 0) are optimised too (beta-CROWN)."""
     s_bounds = {k: (v[0].to(dtype), v[1].to(dtype)) for k, v in ctx.bounds.items()}
     s_ctx = Ctx(ctx.shapes, s_bounds, dict(ctx.state))
     s_inset, s_C = inset.to(dtype), C.to(dtype)
     start = _final_alphas(graph, s_bounds, C.shape[1], dtype)
     if warm is not None:
         start = {
-            k: warm[k].detach().clamp(0.0, 1.0).to(dtype).clone() if k in warm else v
+            k: warm.final[k].detach().clamp(0.0, 1.0).to(dtype).clone() if k in warm.final else v
             for k, v in start.items()
         }
     final = {k: v.requires_grad_(True) for k, v in start.items()}
@@ -463,23 +479,37 @@ def _search(
         t.name: {k: v.requires_grad_(True) for k, v in _target_alphas(graph, t, s_bounds, dtype).items()}
         for t in targets
     }
+    beta = {
+        n: torch.zeros((s_inset.batch, C.shape[1]) + tuple(sg.shape[1:]), dtype=dtype)
+        for n, sg in (splits or {}).items()
+    }
+    if warm is not None:
+        beta = {
+            n: warm.beta[n].detach().to(dtype).clamp_min(0.0).clone() if n in warm.beta else b
+            for n, b in beta.items()
+        }
+    beta = {n: b.requires_grad_(True) for n, b in beta.items()}
     params = list(final.values()) + [a for d in inter.values() for a in d.values()]
+    upper = [1.0] * len(params) + [math.inf] * len(beta)
+    params += list(beta.values())
     best = Proposal({k: v.detach().clone() for k, v in final.items()}, {})
     best.inter = {n: {k: v.detach().clone() for k, v in d.items()} for n, d in inter.items()}
+    best.beta = {k: v.detach().clone() for k, v in beta.items()}
     if not params:
         return best
     per_row = not targets
     best_val = torch.full(C.shape[:2] if per_row else C.shape[:1], -torch.inf, dtype=dtype)
-    opt, stop = _Adam(params, lr), _Stopper()
+    opt, stop = _Adam(params, lr, upper), _Stopper()
     with torch.enable_grad(), rounding_scope(None):  # a proposal only: no rounding slack terms
         for _ in range(steps):
-            lb, _ = _evaluate(graph, s_C, s_inset, s_ctx, targets, final, inter)
+            lb, _ = _evaluate(graph, s_C, s_inset, s_ctx, targets, final, inter, beta, splits)
             masked = torch.where(mask, lb, torch.zeros_like(lb))
             with torch.no_grad():
                 val = masked.detach() if per_row else masked.detach().sum(1)
                 better = val > best_val
                 best_val = torch.where(better, val, best_val)
-                for d, bd in [(final, best.final)] + [(inter[n], best.inter[n]) for n in inter]:
+                pairs = [(final, best.final), (beta, best.beta)] + [(inter[n], best.inter[n]) for n in inter]
+                for d, bd in pairs:
                     for k, a in d.items():
                         sel = better.view(better.shape + (1,) * (a.ndim - better.ndim))
                         bd[k] = torch.where(sel, a.detach(), bd[k])
@@ -498,16 +528,19 @@ def _certify(
     ctx: Ctx,
     targets: list[_Target],
     proposal: Proposal,
+    splits: dict[str, Tensor] | None = None,
 ) -> Tensor:
-    """The bound of the proposal in the dtype of ``inset`` (clamped alphas), without gradients."""
+    """The bound of the proposal in the dtype of ``inset`` (alphas clamped to [0, 1], betas to
+    [0, inf)), without gradients."""
     dtype = inset.lo.dtype
 
     def clamp(d: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.detach().clamp(0.0, 1.0).to(dtype) for k, v in d.items()}
 
     inter = {t.name: clamp(proposal.inter.get(t.name, {})) for t in targets}
+    beta = {k: v.detach().to(dtype).clamp_min(0.0) for k, v in proposal.beta.items()}
     with torch.no_grad():
-        lb, _ = _evaluate(graph, C.to(dtype), inset, ctx, targets, clamp(proposal.final), inter)
+        lb, _ = _evaluate(graph, C.to(dtype), inset, ctx, targets, clamp(proposal.final), inter, beta, splits)
     return lb
 
 
@@ -540,6 +573,7 @@ def alpha_crown_lower(
     search_dtype: torch.dtype = torch.float32,
     optimize_intermediate: bool = False,
     intermediate_steps: int = INTERMEDIATE_STEPS,
+    splits: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """Lower bound of ``C · output`` ([B, S]) after at most ``steps`` projected-Adam steps on the slopes.
 
@@ -552,6 +586,14 @@ def alpha_crown_lower(
     maximum of plain CROWN and the proposal re-evaluated in the dtype of ``inset`` under the active
     rounding scope with every alpha clamped to [0, 1] (valid for any alphas, see the module docstring).
     Never below CROWN. No safety margin is applied here; the result is detached.
+
+    ``splits`` (beta-CROWN, Wang et al. 2021): ``{ReLU input node: int8 [B, *shape] in {-1, 0, 1}}``,
+    sign constraints ``s * z >= 0`` that hold on the set being bounded (a branch-and-bound domain; its
+    intervals in ``ctx.bounds`` already clamped to them). One multiplier ``beta >= 0`` per (row, split
+    neuron) adds ``-beta * s * z`` to the final pass's coefficients on ``z`` (:func:`._common.backward`);
+    on the domain that term is <= 0, so for ANY beta >= 0 the result bounds ``C · output`` there: the
+    search proposes betas, certification clamps them to [0, inf). Without splits the bound holds on the
+    whole input set.
     """
     with torch.no_grad():  # the plain CROWN bound: the result is never below it, bit for bit
         best = crown_lower(graph, C, inset, ctx, CROWN_RULES)
@@ -573,12 +615,15 @@ def alpha_crown_lower(
         targets = _targets(graph, sub_ctx, itemsize) if joint_steps else []
         # phase 1, the final bound's alphas alone; phase 2 (the last joint_steps steps), all of them
         plain_steps = steps - joint_steps if targets else steps
-        proposal = _search(graph, sub_C, sub_inset, sub_ctx, [], sub_mask, plain_steps, lr, search_dtype)
-        if proposal.final and plain_steps:
-            lb = _certify(graph, sub_C, sub_inset, sub_ctx, [], proposal)
+        sub_splits = None if splits is None else {k: _cut(v, B, b0, b1) for k, v in splits.items()}
+        proposal = _search(
+            graph, sub_C, sub_inset, sub_ctx, [], sub_mask, plain_steps, lr, search_dtype, None, sub_splits
+        )
+        if (proposal.final or proposal.beta) and plain_steps:
+            lb = _certify(graph, sub_C, sub_inset, sub_ctx, [], proposal, sub_splits)
             part = torch.fmax(part, lb.expand(b1 - b0, C.shape[1]))  # a NaN bound is ignored
         if targets:
-            warm = proposal.final if plain_steps else None
+            warm = proposal if plain_steps else None
             joint = _search(
                 graph,
                 sub_C,
@@ -590,11 +635,16 @@ def alpha_crown_lower(
                 lr * JOINT_LR_SCALE,
                 search_dtype,
                 warm,
+                sub_splits,
             )
-            lb = _certify(graph, sub_C, sub_inset, sub_ctx, targets, joint)
+            lb = _certify(graph, sub_C, sub_inset, sub_ctx, targets, joint, sub_splits)
             part = torch.fmax(part, lb.expand(b1 - b0, C.shape[1]))
         parts.append(part)
     return torch.cat(parts).detach()
+
+
+def _cut(t: Tensor, B: int, b0: int, b1: int) -> Tensor:
+    return t[b0:b1] if t.shape[0] == B else t
 
 
 def _slice(

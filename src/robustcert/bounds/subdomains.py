@@ -43,13 +43,22 @@ For branch and bound: the children ``+1`` and ``-1`` of a neuron cover their par
 ``>= 0`` or ``<= 0``), so the minimum over the leaves of a split tree bounds the whole input set.
 Plain CROWN on a child is not always tighter than on its parent: the split neuron's exact line (e.g.
 ``relu(z) = z`` on ``z >= 0``) is concretised over the whole input box, where z may be negative, and
-CROWN's adaptive slopes are not monotone in the intervals (beta-CROWN's Lagrange terms for the split
-constraints would fix the first; not done here). Likewise ``refine=True`` is not always at least as
+CROWN's adaptive slopes are not monotone in the intervals (``method="beta-crown"`` addresses the first,
+below). Likewise ``refine=True`` is not always at least as
 tight as ``refine=False``, though its intervals are nested in the latter's. ``floor`` takes the
 elementwise maximum with a bound already known for the domain (its parent's), which is sound because
 the parent's set contains the child's. ``base`` starts from the parent's intervals instead of the
 root's (valid on the parent's set, which contains the child's), so a child recomputes only what lies
 after its new split.
+
+beta-CROWN (``method="beta-crown"``, Wang et al. 2021): the final pass also carries a Lagrange
+multiplier ``beta >= 0`` per (row, split neuron) and bounds ``C · f(x') - sum beta * s * z(x')`` instead
+(:func:`.alpha_crown.alpha_crown_lower` with ``splits``; the term enters the backward pass as a
+coefficient on the split node, :func:`._common.backward`). On ``X_d`` every ``s * z >= 0``, so the
+subtracted sum is >= 0 and the bound holds for ``C · f`` too, for any ``beta >= 0``; certification
+clamps the search's proposal to that range and charges the one rounded addition per split node as any
+merge of coefficients. With all unstable neurons split, the network is linear on ``X_d`` and the optimal
+betas give the LP value over the box (strong duality); tested against scipy's LP solution.
 
 Reuse: nodes that do not depend on any split node keep the root intervals as expanded views (no
 copies, no recomputation). With ``refine=True`` the split nodes and every node after them get IBP
@@ -79,7 +88,7 @@ from robustcert.graph.ops import numel
 
 # Activations whose input may be split at 0 (each is linear on either side of 0).
 SPLIT_OPS = ("relu", "leaky_relu")
-METHODS = ("crown", "alpha-crown")
+METHODS = ("crown", "alpha-crown", "beta-crown")
 
 Splits = dict[str, Tensor]
 
@@ -422,9 +431,12 @@ def final_bounds(
     alpha_steps: int = 0,
     alpha_lr: float = 0.1,
     floor: Tensor | None = None,
+    splits: Splits | None = None,
 ) -> Tensor:
     """Lower bounds [D, S] of ``C · output`` on each domain given its ``intervals``: CROWN (or
-    alpha-CROWN with ``alpha_steps`` steps, never looser than CROWN) over the D domains in one batch;
+    alpha-CROWN with ``alpha_steps`` steps, never looser than CROWN; or beta-CROWN, alpha-CROWN with a
+    Lagrange multiplier per split constraint of ``splits``, {node: int8 [D, *shape]}, constraints that
+    hold on each domain) over the D domains in one batch;
     +inf for infeasible domains; then the elementwise max with ``floor`` ([D, S] or broadcastable, a
     bound known to hold on each domain, e.g. its parent's), if given. Runs inside
     ``rounding_scope(root.rounding)``; guarantee as :func:`bound_subdomains`."""
@@ -434,7 +446,7 @@ def final_bounds(
     inset = _domain_inset(root.inset, D)
     ctx = Ctx(root.shapes, intervals.bounds)
     with torch.no_grad(), rounding_scope(root.rounding):
-        if method == "crown" or alpha_steps <= 0:
+        if method == "crown" or alpha_steps <= 0 or (method == "beta-crown" and splits is None):
             # intervals shared by all domains (expanded views) enter as one [1, ...] copy: the backward
             # coefficients then stay batch-shared until they cross a node whose interval differs
             shared = Ctx(root.shapes, {k: _shared(b) for k, b in intervals.bounds.items()})
@@ -442,7 +454,14 @@ def final_bounds(
         else:
             rows = (C.abs().sum(-1) > 0).expand(D, C.shape[1])
             lb = alpha_crown.alpha_crown_lower(
-                root.graph, C, inset, ctx, steps=int(alpha_steps), lr=float(alpha_lr), row_mask=rows
+                root.graph,
+                C,
+                inset,
+                ctx,
+                steps=int(alpha_steps),
+                lr=float(alpha_lr),
+                row_mask=rows,
+                splits=splits if method == "beta-crown" else None,
             )
     lb = torch.where(intervals.infeasible.unsqueeze(1), torch.full_like(lb, torch.inf), lb)
     if floor is not None:
@@ -468,8 +487,10 @@ def bound_subdomains(
     ``C``: [1 or D, S, K] specification rows (e.g. :func:`robustcert.bounds.margin_spec`); ``splits``:
     ``{ReLU input node: int8 [D, *shape] in {-1, 0, 1}}`` (an empty dict means D = C.shape[0] domains
     without constraints: the root's CROWN bound, as ``margin_lower`` computes it). ``refine``: recompute
-    the intervals after the split nodes (tighter, slower) or keep the root's. ``method``: ``"crown"`` or
-    ``"alpha-crown"`` (``alpha_steps`` projected-Adam steps on the ReLU slopes, per domain and row).
+    the intervals after the split nodes (tighter, slower) or keep the root's. ``method``: ``"crown"``,
+    ``"alpha-crown"`` (``alpha_steps`` projected-Adam steps on the ReLU slopes, per domain and row) or
+    ``"beta-crown"`` (the same steps also on one Lagrange multiplier per split constraint in ``splits``:
+    with ``base``, only the new constraints get one).
     ``floor``: see :func:`final_bounds`. ``batch_size``: at most this many domains per batch (None: all
     D in one batch); the result does not depend on it beyond float rounding. ``base``: known intervals
     of each domain (its parent's), see :func:`subdomain_intervals`; then ``splits`` need only hold the
@@ -504,7 +525,14 @@ def bound_subdomains(
             intervals = _intervals(root, part, d1 - d0, refine, b_p)
         out.append(
             final_bounds(
-                root, C_p, intervals, method=method, alpha_steps=alpha_steps, alpha_lr=alpha_lr, floor=f_p
+                root,
+                C_p,
+                intervals,
+                method=method,
+                alpha_steps=alpha_steps,
+                alpha_lr=alpha_lr,
+                floor=f_p,
+                splits=part or None,
             )
         )
     return out[0] if len(out) == 1 else torch.cat(out)
