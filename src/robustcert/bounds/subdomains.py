@@ -135,17 +135,19 @@ def _split_nodes(graph: Graph) -> tuple[str, ...]:
 
 def root_bounds(
     model_or_graph: nn.Module | Graph,
-    x: Tensor,
-    eps: float,
+    x: Tensor | None,
+    eps: float | None,
     norm: str = "linf",
     domain: Any = None,
     float_model: str = "float32",
     intermediate: str = "crown",
     precision: str | None = None,
+    box: tuple[Tensor, Tensor] | None = None,
 ) -> Root:
     """The root of a split tree: the intervals of every node over the whole input set of ONE example
     ``x`` ([1, *input_shape]) — ``{x' : ||x' - x|| <= eps} ∩ domain`` as for ``margin_lower`` — computed
     once, as ``margin_lower`` computes them (same set-up, rounding model and intermediate method).
+    ``box=(lo, hi)`` ([1, *input_shape] each) instead of ``x`` and ``eps`` (None): an explicit box.
 
     Guarantee: for every ``x'`` in the set and every evaluation ``float_model`` covers, each node's
     value lies in its interval ``root.ctx.bounds[name]``. Bad input raises :class:`RobustCertError`.
@@ -155,8 +157,10 @@ def root_bounds(
     api._check_choice("float_model", float_model, FLOAT_MODELS)
     if isinstance(x, Tensor) and x.ndim >= 1 and x.shape[0] != 1:
         raise RobustCertError(f"x must hold ONE example [1, *input_shape], got shape {tuple(x.shape)}")
+    if box is not None and (not isinstance(box[0], Tensor) or box[0].ndim < 1 or box[0].shape[0] != 1):
+        raise RobustCertError("box must be (lo, hi) of ONE example, each [1, *input_shape]")
     plan = api._plan(
-        model_or_graph, x, eps, norm, "crown", None, intermediate, float_model, domain, precision or "float32"
+        model_or_graph, x, eps, norm, "crown", box, intermediate, float_model, domain, precision or "float32"
     )
     refine_dtype: torch.dtype | None = plan.refine_dtype
     if refine_dtype == plan.inset.lo.dtype:
@@ -289,7 +293,8 @@ def _expand(b: Bounds, D: int) -> Bounds:
     return b[0].expand((D,) + tuple(b[0].shape[1:])), b[1].expand((D,) + tuple(b[1].shape[1:]))
 
 
-def _domain_inset(inset: InputSet, D: int) -> InputSet:
+def domain_inset(inset: InputSet, D: int) -> InputSet:
+    """The input set repeated for D domains (expanded views)."""
     c = None if inset.center is None else inset.center.expand((D,) + tuple(inset.center.shape[1:]))
     lo, hi = _expand((inset.lo, inset.hi), D)
     return InputSet(lo, hi, c, inset.eps)
@@ -366,7 +371,7 @@ def _intervals(
     nonlin = crown.nonlinear_ancestry(graph)
     model = active_rounding()
     dtype, rdtype = root.dtype, root.refine_dtype
-    inset = _domain_inset(root.inset, D)
+    inset = domain_inset(root.inset, D)
     ctx = Ctx(root.shapes, out)
     if rdtype is not None:  # CROWN passes in rdtype on outward-rounded copies (each converted once)
         inset = inset.outward(rdtype)
@@ -443,7 +448,7 @@ def final_bounds(
     api._check_choice("method", method, METHODS)
     D = intervals.num_domains
     C = _check_spec(root, C, D)
-    inset = _domain_inset(root.inset, D)
+    inset = domain_inset(root.inset, D)
     ctx = Ctx(root.shapes, intervals.bounds)
     with torch.no_grad(), rounding_scope(root.rounding):
         if method == "crown" or alpha_steps <= 0 or (method == "beta-crown" and splits is None):
