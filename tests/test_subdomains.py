@@ -479,3 +479,33 @@ def test_beta_reaches_the_lp_value_with_every_neuron_split():
             beta_gains.append(float(lbeta[d, r] - la[d, r]))
     assert solved >= 4
     assert max(beta_gains) > 1e-2  # the multipliers matter: alpha-CROWN alone stays below the LP
+
+
+def test_tighten_root_is_nested_and_sound():
+    """tighten_root's intervals lie inside the root's, are tighter somewhere, and contain every sampled
+    float32 value of their node."""
+    from robustcert.bounds.subdomains import tighten_root
+
+    model = mlp(3)
+    eps = 0.15
+    root, x, C = setup(model, (6,), eps)
+    tight = tighten_root(root, C, steps=20)
+    shrunk = 0.0
+    for name in root.split_nodes:
+        (lo0, hi0), (lo1, hi1) = root.ctx.bounds[name], tight.ctx.bounds[name]
+        assert bool((lo1 >= lo0).all() and (hi1 <= hi0).all())
+        shrunk += float(((hi0 - lo0) - (hi1 - lo1)).sum())
+    assert shrunk > 0
+    pts = sample_box(x, eps, 4000, torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        vals = root.graph.forward_all(pts.float())
+    for name in root.split_nodes:
+        lo, hi = tight.ctx.bounds[name]
+        v = vals[name].double()
+        assert bool((v >= lo).all() and (v <= hi).all())
+    # and the bounds of sub-domains built on it stay sound
+    unst = tight.unstable()
+    picks = [(n, int(i)) for n in tight.split_nodes for i in unst[n].flatten().nonzero()[:2].flatten()]
+    splits = sign_patterns(tight, picks)
+    lb = bound_subdomains(tight, C, splits, method="beta-crown", alpha_steps=10)
+    check_sound(tight, x, eps, C, splits, lb, 4000)

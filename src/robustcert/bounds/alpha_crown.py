@@ -574,6 +574,46 @@ def certified_intervals(
     return bounds
 
 
+def optimized_intervals(
+    graph: Graph,
+    C: Tensor,
+    inset: InputSet,
+    ctx: Ctx,
+    *,
+    steps: int = 20,
+    lr: float = 0.1,
+    row_mask: Tensor | None = None,
+    search_dtype: torch.dtype = torch.float32,
+) -> dict[str, Bounds]:
+    """Every node's interval, those of the intermediate mode's targets tightened: the two-phase search
+    of ``alpha_crown_lower(optimize_intermediate=True)`` for the objective ``C`` (``steps`` in all, the
+    last ``INTERMEDIATE_STEPS`` joint), then the targets' intervals recomputed with the proposal in the
+    dtype of ``inset`` under the active rounding scope and intersected with ``ctx.bounds`` (valid for
+    any alphas in [0, 1], see the module docstring). The other nodes keep ``ctx.bounds``. For a root of
+    branch and bound (:func:`.subdomains.tighten_root`)."""
+    B = inset.batch
+    mask = torch.ones((B, C.shape[1]), dtype=torch.bool) if row_mask is None else row_mask
+    itemsize = torch.empty((), dtype=search_dtype).element_size()
+    targets = _targets(graph, ctx, itemsize)
+    if not targets or steps <= 0:
+        return dict(ctx.bounds)
+    joint_steps = min(steps, INTERMEDIATE_STEPS)
+    warm = _search(graph, C, inset, ctx, [], mask, steps - joint_steps, lr, search_dtype)
+    proposal = _search(
+        graph,
+        C,
+        inset,
+        ctx,
+        targets,
+        mask,
+        joint_steps,
+        lr * JOINT_LR_SCALE,
+        search_dtype,
+        warm if steps > joint_steps else None,
+    )
+    return certified_intervals(graph, inset, ctx, proposal, targets)
+
+
 def alpha_crown_lower(
     graph: Graph,
     C: Tensor,

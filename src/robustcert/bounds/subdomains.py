@@ -179,6 +179,30 @@ def root_bounds(
     )
 
 
+def tighten_root(root: Root, C: Tensor, steps: int = 20, lr: float = 0.1) -> Root:
+    """The root with its activation-input intervals tightened by alpha-CROWN's intermediate mode for
+    the objective ``C`` ([1, S, K]) (:func:`.alpha_crown.optimized_intervals`, under the root's rounding
+    model): each new interval is a certified interval of its node over the whole input set intersected
+    with the old one, so the root's guarantee is unchanged. Costs one intermediate-mode search; every
+    sub-domain then starts from the tighter intervals."""
+    C = _check_spec(root, C, 1)
+    rows = (C.abs().sum(-1) > 0).expand(root.inset.batch, C.shape[1])
+    with torch.no_grad(), rounding_scope(root.rounding):
+        bounds = alpha_crown.optimized_intervals(
+            root.graph, C, root.inset, root.ctx, steps=int(steps), lr=float(lr), row_mask=rows
+        )
+    return Root(
+        root.graph,
+        root.inset,
+        root.shapes,
+        root.rounding,
+        Ctx(root.shapes, bounds),
+        root.intermediate,
+        root.split_nodes,
+        root.refine_dtype,
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # split helpers
 # --------------------------------------------------------------------------------------------------
@@ -572,5 +596,6 @@ __all__ = [
     "sign_patterns",
     "split_domains",
     "subdomain_intervals",
+    "tighten_root",
     "top_unstable",
 ]

@@ -54,6 +54,7 @@ from robustcert.bounds.subdomains import (
     final_bounds,
     root_bounds,
     subdomain_intervals,
+    tighten_root,
 )
 from robustcert.errors import RobustCertError
 from robustcert.graph.ir import Graph
@@ -310,6 +311,7 @@ def branch_and_bound(
     attack_steps: int = 50,
     branching: str = "babsr",
     refine: bool = True,
+    tighten_root_steps: int = 20,
     seed: int = 0,
 ) -> BabResult:
     """Decide whether ``o(x) > 0`` on the box ``[lo, hi]`` ([1, *input_shape]) for the float32 network
@@ -318,6 +320,8 @@ def branch_and_bound(
     ``timeout`` seconds and ``max_domains`` bound the search (then ``"timeout"``); ``batch`` domains are
     split per step (2 x batch children bounded in one call); ``method`` bounds the children
     (``"beta-crown"``, ``"alpha-crown"`` or ``"crown"``) with ``alpha_steps`` steps at ``alpha_lr``;
+    ``tighten_root_steps``: when the root bound is not enough, tighten the root's intervals first with
+    alpha-CROWN's intermediate mode (:func:`robustcert.bounds.subdomains.tighten_root`; 0: no);
     ``refine``: recompute the children's intermediate intervals after their split (tighter, slower:
     measured on a trained 6x256 MLP, 31 vs 96 domains/s but a bound 2.8x closer to 0 after 40 s);
     ``attack_restarts`` / ``attack_steps``: the PGD falsification; ``branching``: ``"babsr"`` or
@@ -340,6 +344,14 @@ def branch_and_bound(
     rows = final_bounds(root, Cb, iv, method="alpha-crown", alpha_steps=alpha_steps, alpha_lr=alpha_lr)[0]
     bound = float(_lower(rows, dx, require))
     result = BabResult("verified", bound, domains=1, stage="root")
+    if bound <= 0 and tighten_root_steps > 0:  # tighter root intervals for every sub-domain
+        root = tighten_root(root, Cb, steps=tighten_root_steps, lr=alpha_lr)
+        iv = subdomain_intervals(root, {})
+        tight = final_bounds(root, Cb, iv, method="alpha-crown", alpha_steps=alpha_steps, alpha_lr=alpha_lr)[
+            0
+        ]
+        rows = torch.fmax(rows, tight)
+        bound = result.bound = float(_lower(rows, dx, require))
     if bound > 0:
         result.seconds = time.perf_counter() - t0
         return result
