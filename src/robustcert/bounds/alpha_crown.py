@@ -431,7 +431,8 @@ class _Adam:
                 continue
             a.mul_(beta1).add_(g, alpha=1 - beta1)
             b.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            p.sub_(k * lr * (a / c1) / ((b / c2).sqrt() + tiny)).clamp_(0.0, top)
+            denom = b.sqrt().div_(math.sqrt(c2)).add_(tiny)  # one temporary per tensor and step
+            p.addcdiv_(a, denom, value=-k * lr / c1).clamp_(0.0, top)
 
 
 class _Stopper:
