@@ -575,6 +575,34 @@ def certified_intervals(
     return bounds
 
 
+def alpha_crown_search(
+    graph: Graph,
+    C: Tensor,
+    inset: InputSet,
+    ctx: Ctx,
+    *,
+    steps: int = 20,
+    lr: float = 0.1,
+    row_mask: Tensor | None = None,
+    splits: dict[str, Tensor] | None = None,
+    warm: Proposal | None = None,
+    search_dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Proposal]:
+    """The default mode of :func:`alpha_crown_lower` (with ``splits``: beta-CROWN) started from ``warm``
+    (alphas [B, S, *shape] per activation, betas [B, S, *shape] per split node; missing ones start
+    from CROWN's slopes and zeros), returning the certified bound (never below CROWN; same guarantee) and
+    the best proposal, e.g. to warm-start the children of a branch-and-bound domain."""
+    with torch.no_grad():
+        best = crown_lower(graph, C, inset, ctx, CROWN_RULES)
+    B = inset.batch
+    mask = torch.ones((B, C.shape[1]), dtype=torch.bool) if row_mask is None else row_mask
+    proposal = _search(graph, C, inset, ctx, [], mask, max(0, int(steps)), lr, search_dtype, warm, splits)
+    if proposal.final or proposal.beta:
+        lb = _certify(graph, C, inset, ctx, [], proposal, splits)
+        best = torch.fmax(best, lb.expand(B, C.shape[1]))
+    return best.detach(), proposal
+
+
 def optimized_intervals(
     graph: Graph,
     C: Tensor,

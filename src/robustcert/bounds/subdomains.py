@@ -451,6 +451,35 @@ def _check_spec(root: Root, C: Any, D: int) -> Tensor:
     return C.detach().to(device="cpu", dtype=root.dtype)
 
 
+def final_bounds_warm(
+    root: Root,
+    C: Tensor,
+    intervals: DomainIntervals,
+    *,
+    alpha_steps: int,
+    alpha_lr: float = 0.1,
+    floor: Tensor | None = None,
+    splits: Splits | None = None,
+    warm: alpha_crown.Proposal | None = None,
+) -> tuple[Tensor, alpha_crown.Proposal]:
+    """:func:`final_bounds` with ``method="beta-crown"`` (``"alpha-crown"`` without ``splits``) started
+    from ``warm`` (e.g. each domain's parent's slopes and multipliers), returning the proposal too (for
+    the children). Same guarantee."""
+    D = intervals.num_domains
+    C = _check_spec(root, C, D)
+    inset = domain_inset(root.inset, D)
+    ctx = Ctx(root.shapes, intervals.bounds)
+    rows = (C.abs().sum(-1) > 0).expand(D, C.shape[1])
+    with torch.no_grad(), rounding_scope(root.rounding):
+        lb, proposal = alpha_crown.alpha_crown_search(
+            root.graph, C, inset, ctx, steps=alpha_steps, lr=alpha_lr, row_mask=rows, splits=splits, warm=warm
+        )
+    lb = torch.where(intervals.infeasible.unsqueeze(1), torch.full_like(lb, torch.inf), lb)
+    if floor is not None:
+        lb = torch.maximum(lb, floor.to(lb.dtype))
+    return lb.detach(), proposal
+
+
 def final_bounds(
     root: Root,
     C: Tensor,
@@ -592,6 +621,7 @@ __all__ = [
     "Splits",
     "bound_subdomains",
     "final_bounds",
+    "final_bounds_warm",
     "root_bounds",
     "sign_patterns",
     "split_domains",

@@ -48,10 +48,12 @@ from torch import Tensor, nn
 
 from robustcert.bounds import crown
 from robustcert.bounds._common import Ctx, rounding_scope, toward
+from robustcert.bounds.alpha_crown import Proposal
 from robustcert.bounds.subdomains import (
     Root,
     domain_inset,
     final_bounds,
+    final_bounds_warm,
     root_bounds,
     subdomain_intervals,
     tighten_root,
@@ -153,6 +155,28 @@ class _Domain:
     depth: int = field(compare=False, default=0)
     intervals: dict[str, tuple[Tensor, Tensor]] = field(compare=False, default_factory=dict)
     scores: dict[str, Tensor] = field(compare=False, default_factory=dict)
+    alphas: dict[str, Tensor] = field(compare=False, default_factory=dict)  # activation -> [S, *shape]
+    betas: dict[str, Tensor] = field(compare=False, default_factory=dict)  # split node -> [S, *shape]
+
+
+def _warm(doms: list[_Domain], splits: dict[str, Tensor] | None) -> Proposal:
+    """The slopes and multipliers of ``doms`` (one per domain of a batch) as a starting proposal: slopes
+    of the activations every one of them has, multipliers of the batch's split nodes (0 where a domain
+    has none yet, e.g. its newest split)."""
+    keys = set(doms[0].alphas)
+    for dom in doms[1:]:
+        keys &= set(dom.alphas)
+    final = {k: torch.stack([dom.alphas[k] for dom in doms]) for k in keys}
+    beta = {}
+    for n, sg in (splits or {}).items():
+        shape = (doms[0].rows.shape[0],) + tuple(sg.shape[1:])
+        beta[n] = torch.stack([dom.betas.get(n, torch.zeros(shape, dtype=torch.float32)) for dom in doms])
+    return Proposal(final, {}, beta)
+
+
+def _keep_state(dom: _Domain, proposal: Proposal, i: int) -> None:
+    dom.alphas = {k: v[i].detach() for k, v in proposal.final.items()}
+    dom.betas = {k: v[i].detach() for k, v in proposal.beta.items()}
 
 
 def _check(
@@ -274,16 +298,11 @@ def _last_try(
     active = {n: v for n, v in splits.items() if bool((v != 0).any())}
     floor = torch.stack([dom.rows for dom in doms])
     iv = subdomain_intervals(root, active, num_domains=len(doms), refine=True)
-    rows = final_bounds(
-        root,
-        Cb,
-        iv,
-        method="beta-crown",
-        alpha_steps=steps,
-        alpha_lr=LAST_LR,
-        floor=floor,
-        splits=active or None,
-    )
+    rows = floor
+    for warm in (_warm(doms, active or None), None):  # from the parents' multipliers, then from zero
+        rows, _ = final_bounds_warm(
+            root, Cb, iv, alpha_steps=steps, alpha_lr=LAST_LR, floor=rows, splits=active or None, warm=warm
+        )
     obj = _lower(rows, d, require)
     out = []
     for i, dom in enumerate(doms):
@@ -312,6 +331,7 @@ def branch_and_bound(
     branching: str = "babsr",
     refine: bool = True,
     tighten_root_steps: int = 20,
+    child_steps: int = 10,
     seed: int = 0,
 ) -> BabResult:
     """Decide whether ``o(x) > 0`` on the box ``[lo, hi]`` ([1, *input_shape]) for the float32 network
@@ -319,7 +339,8 @@ def branch_and_bound(
 
     ``timeout`` seconds and ``max_domains`` bound the search (then ``"timeout"``); ``batch`` domains are
     split per step (2 x batch children bounded in one call); ``method`` bounds the children
-    (``"beta-crown"``, ``"alpha-crown"`` or ``"crown"``) with ``alpha_steps`` steps at ``alpha_lr``;
+    (``"beta-crown"``, ``"alpha-crown"`` or ``"crown"``) with ``child_steps`` steps at ``alpha_lr``,
+    warm-started from their parent's slopes and multipliers (the root gets ``alpha_steps``);
     ``tighten_root_steps``: when the root bound is not enough, tighten the root's intervals first with
     alpha-CROWN's intermediate mode (:func:`robustcert.bounds.subdomains.tighten_root`; 0: no);
     ``refine``: recompute the children's intermediate intervals after their split (tighter, slower:
@@ -341,16 +362,15 @@ def branch_and_bound(
     Cx, dx = _with_sum_row(C, d0) if require == "any" else (C, d0)
     Cb = Cx.unsqueeze(0)
     iv = subdomain_intervals(root, {})
-    rows = final_bounds(root, Cb, iv, method="alpha-crown", alpha_steps=alpha_steps, alpha_lr=alpha_lr)[0]
+    rows, proposal = final_bounds_warm(root, Cb, iv, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
+    rows = rows[0]
     bound = float(_lower(rows, dx, require))
     result = BabResult("verified", bound, domains=1, stage="root")
     if bound <= 0 and tighten_root_steps > 0:  # tighter root intervals for every sub-domain
         root = tighten_root(root, Cb, steps=tighten_root_steps, lr=alpha_lr)
         iv = subdomain_intervals(root, {})
-        tight = final_bounds(root, Cb, iv, method="alpha-crown", alpha_steps=alpha_steps, alpha_lr=alpha_lr)[
-            0
-        ]
-        rows = torch.fmax(rows, tight)
+        tight, proposal = final_bounds_warm(root, Cb, iv, alpha_steps=alpha_steps, alpha_lr=alpha_lr)
+        rows = torch.fmax(rows, tight[0])
         bound = result.bound = float(_lower(rows, dx, require))
     if bound > 0:
         result.seconds = time.perf_counter() - t0
@@ -360,6 +380,7 @@ def branch_and_bound(
     zero = {n: torch.zeros(root.shapes[n], dtype=torch.int8) for n in root.split_nodes}
     root_iv = {n: (b[0][0], b[1][0]) for n, b in iv.bounds.items() if n in zero}
     root_dom = _Domain(bound, next(counter), zero, rows, 0, root_iv)
+    _keep_state(root_dom, proposal, 0)
     open_rows = (toward(rows - dx, upper=False) <= 0).unsqueeze(0)
     root_dom.scores = {k: v[0] for k, v in _branch_scores(root, Cx, iv.bounds, open_rows).items()}
     heap = [root_dom]
@@ -401,16 +422,21 @@ def branch_and_bound(
         floor = torch.stack([dom.rows for dom, _ in picks] * 2)
         active = {n: s for n, s in splits.items() if bool((s != 0).any())}
         civ = subdomain_intervals(root, active, num_domains=2 * P, refine=refine)
-        child_rows = final_bounds(
-            root,
-            Cb,
-            civ,
-            method=method,
-            alpha_steps=alpha_steps,
-            alpha_lr=alpha_lr,
-            floor=floor,
-            splits=active,
-        )
+        kids = [dom for dom, _ in picks] * 2
+        if method == "crown":
+            child_rows = final_bounds(root, Cb, civ, floor=floor)
+            child_state = None
+        else:
+            child_rows, child_state = final_bounds_warm(
+                root,
+                Cb,
+                civ,
+                alpha_steps=child_steps,
+                alpha_lr=alpha_lr,
+                floor=floor,
+                splits=active if method == "beta-crown" else None,
+                warm=_warm(kids, active if method == "beta-crown" else None),
+            )
         domains += 2 * P
         child_obj = _lower(child_rows, dx, require)
         closed = child_obj[child_obj > 0]
@@ -442,6 +468,8 @@ def branch_and_bound(
                     {n: (sub[n][0][r], sub[n][1][r]) for n in root.split_nodes},
                     {n: v[r] for n, v in scores.items()},
                 )
+                if child_state is not None:
+                    _keep_state(child, child_state, c)
                 depth = max(depth, child.depth)
                 heapq.heappush(heap, child)
         low = min([dom.bound for dom in heap + stuck], default=math.inf)
