@@ -192,7 +192,17 @@ def test_bad_loss_arguments(method: str, kwargs: dict, pattern: str) -> None:
 
 def test_valid_losses_record_their_parameters() -> None:
     assert make_loss("pgd", eps=0.2, norm="l2", pgd_steps=3)[1] == {"eps": 0.2, "norm": "l2", "pgd_steps": 3}
-    assert make_loss("ibp", eps=0.0)[1] == {"eps": 0.0, "norm": "linf"}
+    assert make_loss("ibp", eps=0.0)[1] == {
+        "eps": 0.0,
+        "norm": "linf",
+        "schedule": "linear",
+        "ramp_start": 0.1,
+        "ramp_end": 0.5,
+        "kappa_end": 0.5,
+        "ibp_init": False,
+        "shi_reg": 0.0,
+        "shi_tol": 0.5,
+    }
     assert make_loss("gaussian", sigma=1)[1] == {"sigma": 1.0}
     assert make_loss("standard")[1] == {}
 

@@ -234,7 +234,9 @@ def test_valid_smoothing_losses_record_their_parameters() -> None:
 
 
 def test_the_registry_has_one_entry_per_method() -> None:
-    assert TRAIN_METHODS == ("standard", "gaussian", "pgd", "ibp", "crown-ibp", "consistency", "smoothadv")
+    assert TRAIN_METHODS == (
+        "standard", "gaussian", "pgd", "ibp", "crown-ibp", "consistency", "smoothadv", "sabr", "mtl-ibp"
+    )
     fields = set(TrainParams.__dataclass_fields__)
     for name, entry in TRAIN_REGISTRY.items():
         assert entry.name == name and entry.summary

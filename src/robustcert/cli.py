@@ -226,9 +226,38 @@ def build_parser() -> Parser:
     train.add_argument(
         "--sigma", type=_float, default=0.25, help="gaussian / consistency / smoothadv: noise std in input units"
     )
-    train.add_argument("--eps", type=_float, default=0.1, help="pgd / ibp / crown-ibp: training budget")
-    train.add_argument("--norm", default="linf", help="pgd: linf | l2 (ibp and crown-ibp train linf)")
-    train.add_argument("--pgd-steps", type=int, default=10, help="pgd: attack steps per batch")
+    train.add_argument(
+        "--eps", "--eps-train", dest="eps", type=_float, default=0.1,
+        help="pgd / ibp / crown-ibp / sabr / mtl-ibp: training budget (may exceed the budget you certify at)",
+    )
+    train.add_argument("--norm", default="linf", help="pgd: linf | l2 (ibp, crown-ibp, sabr, mtl-ibp train linf)")
+    train.add_argument("--pgd-steps", type=int, default=10, help="pgd / sabr / mtl-ibp: attack steps per batch")
+    train.add_argument(
+        "--schedule", default="linear", help="certified training: shape of the eps ramp, linear | smooth (Shi et al.)"
+    )
+    train.add_argument(
+        "--ramp-start", type=_float, default=0.1,
+        help="certified training: fraction of training after which eps starts to ramp up (clean before)",
+    )
+    train.add_argument(
+        "--ramp-end", type=_float, default=0.5, help="certified training: fraction of training where eps reaches --eps-train"
+    )
+    train.add_argument(
+        "--kappa-end", type=_float, default=None,
+        help="certified training: final weight of the clean loss, from 1 over the ramp "
+        "(default: 0.5 for ibp / crown-ibp, 0 for sabr / mtl-ibp)",
+    )
+    train.add_argument(
+        "--ibp-init", action="store_true", help="certified training: Shi et al.'s IBP initialisation of the weights"
+    )
+    train.add_argument(
+        "--shi-reg", type=_float, default=0.0,
+        help="certified training: weight λ of Shi et al.'s warm-up regularisers (tightness + ReLU balance); 0 = off",
+    )
+    train.add_argument("--shi-tol", type=_float, default=0.5, help="certified training: tolerance τ of those regularisers")
+    train.add_argument("--sabr-lambda", type=_float, default=0.4, help="sabr: box radius as a fraction λ of eps")
+    train.add_argument("--mtl-alpha", type=_float, default=0.5, help="mtl-ibp: weight α of the IBP loss")
+    train.add_argument("--grad-clip", type=_float, default=0.0, help="clip each step's gradient norm to this (0 = off)")
     train.add_argument("--noise-samples", type=int, default=2, help="consistency / smoothadv: noisy copies per input (m)")
     train.add_argument("--consistency-lambda", type=_float, default=10.0, help="consistency: weight of the KL term")
     train.add_argument("--consistency-eta", type=_float, default=0.5, help="consistency: weight of the entropy term")
@@ -271,6 +300,9 @@ def build_parser() -> Parser:
     demo = commands.add_parser("demo", parents=[common], help="the main job on the embedded default (digits)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--quick", action="store_true", help="a tiny variant, for tests")
+    from robustcert.verify.cli import add_verify_parser
+
+    add_verify_parser(commands, common)
     return parser
 
 
@@ -297,6 +329,9 @@ def _cmd_train(ns: argparse.Namespace) -> int:
         ns.method, sigma=ns.sigma, eps=ns.eps, norm=ns.norm, pgd_steps=ns.pgd_steps,
         noise_samples=ns.noise_samples, consistency_lambda=ns.consistency_lambda,
         consistency_eta=ns.consistency_eta, smoothadv_eps=ns.smoothadv_eps, smoothadv_steps=ns.smoothadv_steps,
+        schedule=ns.schedule, ramp_start=ns.ramp_start, ramp_end=ns.ramp_end, kappa_end=ns.kappa_end,
+        ibp_init=ns.ibp_init, shi_reg=ns.shi_reg, shi_tol=ns.shi_tol, sabr_lambda=ns.sabr_lambda,
+        mtl_alpha=ns.mtl_alpha,
     )
     check_out_dir(ns.out)  # now, not after the first epoch, when the model is first saved
     prepare_training_dir(ns.out, force=ns.force)
@@ -309,12 +344,26 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     _, meta = train_model(
         arch=ns.arch, train_data=train_data, test_data=test_data, loss=loss, method=ns.method,
         method_params=params, out_dir=ns.out, epochs=ns.epochs, batch_size=ns.batch_size, lr=ns.lr,
-        seed=ns.seed, resume=ns.resume,
+        seed=ns.seed, resume=ns.resume, grad_clip=ns.grad_clip, command=_train_command(ns),
     )
     acc = meta.get("clean_accuracy")
     acc_text = "n/a" if acc is None else f"{100 * acc:.1f}%"
     print(f"trained {ns.arch} ({ns.method}) on {ns.dataset}: test accuracy {acc_text} -> {ns.out}/model.pt")
     return 0
+
+
+def _train_command(ns: argparse.Namespace) -> str:
+    """The ``robustcert train`` command line that reproduces the model: every option with the value it
+    had (defaults included, so the record does not depend on later changes of defaults); switches bare;
+    without --resume / --force / --debug / --threads (they do not change the weights)."""
+    import shlex
+
+    args = ["train"]
+    for key, value in sorted(vars(ns).items()):
+        if key in ("command", "resume", "force", "debug", "threads") or value is None or value is False:
+            continue
+        args.append(f"--{key.replace('_', '-')}" if value is True else f"--{key.replace('_', '-')}={value}")
+    return "robustcert " + shlex.join(args)
 
 
 def _cmd_certify(ns: argparse.Namespace) -> int:
@@ -358,6 +407,12 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return print_report_card(run_evaluate(config, ns.out), ns.out)
 
 
+def _cmd_verify(ns: argparse.Namespace) -> int:
+    from robustcert.verify.cli import run_verify
+
+    return run_verify(ns)
+
+
 def demo_config(quick: bool = False) -> Path:
     """The bundled demo config (``quick``: the tiny variant the tests use)."""
     from importlib.resources import files
@@ -372,10 +427,11 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "report": _cmd_report,
     "demo": _cmd_demo,
+    "verify": _cmd_verify,
 }
 
 
-NUMBER_LIST_OPTIONS = ("--input-range", "--mean", "--eps")  # values that may start with a minus sign
+NUMBER_LIST_OPTIONS = ("--input-range", "--mean", "--eps", "--eps-train")  # values that may start with a minus sign
 
 
 def _join_negative_values(args: list[str]) -> list[str]:

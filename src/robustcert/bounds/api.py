@@ -391,20 +391,33 @@ class BoxBounds(NamedTuple):
 
 
 def box_bounds(
-    model: Model, lo: Tensor, hi: Tensor, C: Tensor, intermediate: str = "crown", float_model: str = "real"
+    model: Model,
+    lo: Tensor,
+    hi: Tensor,
+    C: Tensor,
+    intermediate: str = "crown",
+    float_model: str = "real",
+    method: str = "crown",
+    alpha_steps: int = 20,
+    alpha_lr: float = 0.1,
+    precision: str = "float64",
 ) -> BoxBounds:
-    """Certified CROWN bounds over the explicit box ``[lo, hi]`` ([B, *input_shape]): the intervals of
-    every activation input (the intervals CROWN's relaxations are built on) and lower bounds of the
+    """Certified bounds over the explicit box ``[lo, hi]`` ([B, *input_shape]): the intervals of every
+    activation input (the intervals CROWN's relaxations are built on) and lower bounds of the
     specification rows ``C · output`` (``C``: [1 or B, S, K]). Float64, CPU.
 
     Guarantee: for every x' in the box, the network — real-valued with the stored weights
     (``float_model="real"``, the default: the MILP encodes that network) or its float32 evaluation
-    (``"float32"``) — has each activation input inside its interval and ``C · f(x') >= spec_lower``,
-    including float64 rounding in the computation (:mod:`robustcert.bounds._soundness`). Used by the
-    exact MILP for its big-M constants.
+    (``"float32"``, in any summation order) — has each activation input inside its interval and
+    ``C · f(x') >= spec_lower``, including float64 rounding in the computation
+    (:mod:`robustcert.bounds._soundness`). ``method``: ``"crown"`` (default) or ``"alpha-crown"``
+    (``alpha_steps`` projected-Adam steps on the output's ReLU slopes per row of ``C``; never looser than
+    CROWN). ``precision``: the dtype of CROWN's intermediate passes (as in :func:`margin_lower`; default
+    float64). Used by the exact MILP for its big-M constants and by ``robustcert verify``.
     """
     _check_choice("float_model", float_model, FLOAT_MODELS)
-    plan = _plan(model, None, None, "linf", "crown", (lo, hi), intermediate, float_model)
+    _check_choice("method", method, ("crown", "alpha-crown"))
+    plan = _plan(model, None, None, "linf", method, (lo, hi), intermediate, float_model, precision=precision)
     graph, inset, shapes = plan.graph, plan.inset, plan.shapes
     k = numel(shapes[graph.output])
     if not isinstance(C, Tensor) or C.ndim != 3 or C.shape[0] not in (1, inset.batch) or C.shape[2] != k:
@@ -413,8 +426,14 @@ def box_bounds(
         )
     C = C.detach().to(torch.float64)
     with torch.no_grad(), rounding_scope(plan.rounding):
-        ctx = _intermediate(graph, inset, shapes, None, intermediate)
-        lb = crown.crown_lower(graph, C, inset, ctx)
+        ctx = _intermediate(graph, inset, shapes, None, intermediate, plan.refine_dtype)
+        if method == "crown":
+            lb = crown.crown_lower(graph, C, inset, ctx)
+        else:
+            C = C.expand(inset.batch, C.shape[1], k)
+            lb = alpha_crown.alpha_crown_lower(
+                graph, C, inset, ctx, steps=int(alpha_steps), lr=float(alpha_lr), row_mask=C.abs().sum(-1) > 0
+            )
     pre = {name: ctx.bounds[name] for name in crown.activation_inputs(graph)}
     return BoxBounds(pre, lb.detach())
 

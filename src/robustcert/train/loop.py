@@ -102,6 +102,8 @@ def train_model(
     seed: int = 0,
     resume: bool = False,
     show_progress: bool = True,
+    grad_clip: float = 0.0,
+    command: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``arch`` on ``train_data`` with ``loss`` (Adam, cosine learning rate), checkpointing each epoch.
 
@@ -111,6 +113,12 @@ def train_model(
     a tampered run directory cannot run code. Returns the model (eval mode) and its metadata (also in
     ``model.json``).
 
+    A loss with an ``initialize(model)`` method (certified training's IBP initialisation) gets the freshly
+    built model before training, under the seeded initialisation RNG. ``grad_clip`` > 0 clips the global
+    gradient norm of every step to it (0: no clipping); it is recorded in model.json's ``train`` section.
+    ``command`` (the command line that trained the model, when given) is recorded as model.json's
+    ``command``; it is not part of the arguments a resumed run must match.
+
     Raises RobustCertError, before anything is written, for: epochs, batch_size not integers >= 1; lr not
     finite > 0; weight_decay not finite >= 0; an unknown arch (listing the choices); empty training data;
     test data whose input shape or class count differs from the training data's.
@@ -119,6 +127,7 @@ def train_model(
     batch_size = _check_int(batch_size, "--batch-size", 1)
     lr = _check_float(lr, "--lr", positive=True)
     weight_decay = _check_float(weight_decay, "weight_decay", positive=False)
+    grad_clip = _check_float(grad_clip, "--grad-clip", positive=False)
     if len(train_data) == 0:
         raise RobustCertError(
             f"training data {train_data.name}/{train_data.split} is empty; pass a data set with examples"
@@ -134,6 +143,9 @@ def train_model(
     out = Path(out_dir)
     torch.manual_seed(derived_seed(seed, 0xA11CE))  # weight initialisation
     model = build_model(arch, train_data.input_shape, train_data.num_classes, train_data.mean, train_data.std)
+    initialize = getattr(loss, "initialize", None)
+    if callable(initialize):
+        initialize(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = (len(train_data) + batch_size - 1) // batch_size
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
@@ -148,6 +160,8 @@ def train_model(
         "weight_decay": weight_decay,
         "seed": seed,
     }
+    if grad_clip > 0:  # only then, so checkpoints written before the option existed still resume
+        config["grad_clip"] = grad_clip
     start_epoch = 0
     history: list[dict[str, float]] = []
     state_path = out / "train_state.pt"
@@ -197,6 +211,8 @@ def train_model(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
+                if grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
                 scheduler.step()
                 running += float(value.detach()) * len(idx)
@@ -219,8 +235,10 @@ def train_model(
                     "epochs": epochs,
                     "batch_size": batch_size,
                     "lr": lr,
+                    **({"grad_clip": grad_clip} if grad_clip > 0 else {}),
                 },
                 "seed": seed,
+                **({"command": command} if command is not None else {}),
                 "clean_accuracy": record.get("test_accuracy"),
                 "epochs_done": epoch + 1,
                 "history": history,
