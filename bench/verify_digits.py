@@ -103,8 +103,8 @@ def main() -> None:
     (args.out / "instances.csv").write_text("\n".join(csv_lines) + "\n")
     print(f"{len(chosen)} images per eps, timeout {args.timeout:g} s, net 64-100-100-10 (digits, standard)\n")
     print(
-        "| eps | unsat (CROWN / α-CROWN) | sat (quick / long attack) | unknown | timeout | MILP robust / cex / unknown "
-        "| wrong | median s | max s | MILP median s |"
+        "| eps | unsat (CROWN / α-CROWN / BaB) | sat (quick / long attack / BaB) | unknown | timeout "
+        "| MILP robust / cex / unknown | wrong | median s | max s | MILP median s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for eps in eps_list:
@@ -113,8 +113,9 @@ def main() -> None:
         ms = Counter(r[4] for r in sub)
         secs = [r[3] for r in sub]
         print(
-            f"| {eps:g} | {st['unsat', 'crown']} / {st['unsat', 'alpha-crown']} | "
-            f"{st['sat', 'falsify']} / {st['sat', 'falsify-long']} | {st['unknown', '']} | {st['timeout', '']} | "
+            f"| {eps:g} | {st['unsat', 'crown']} / {st['unsat', 'alpha-crown']} / {st['unsat', 'bab']} | "
+            f"{st['sat', 'falsify']} / {st['sat', 'falsify-long']} / {st['sat', 'bab']} | {st['unknown', '']} | "
+            f"{st['timeout', '']} | "
             f"{ms['robust']} / {ms['counterexample']} / {ms['unknown']} | {sum(r[6] for r in sub)} | "
             f"{statistics.median(secs):.2f} | {max(secs):.2f} | {statistics.median(r[5] for r in sub):.2f} |"
         )
