@@ -128,10 +128,14 @@ def _model_spec(ns: argparse.Namespace) -> Any:
 
 
 def _run_options(parser: argparse.ArgumentParser, out: str) -> None:
+    from robustcert.models.shipped import shipped_names
+
     parser.add_argument(
         "--model",
         required=True,
-        help="a robustcert model directory (model.pt + model.json), an .onnx, .pt2 (torch.export) or "
+        help="a robustcert model directory (model.pt + model.json), zoo:NAME (a model shipped with robustcert: "
+        + ", ".join(shipped_names())
+        + "), an .onnx, .pt2 (torch.export) or "
         "TorchScript file, or module:function returning an nn.Module (give --dataset for these)",
     )
     parser.add_argument(

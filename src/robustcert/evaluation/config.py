@@ -4,7 +4,7 @@ registry, so a misspelt key or section is an error with a "did you mean", never 
 Sections (all but ``[data]``, one ``[[model]]`` and one ``[threat.*]`` optional)::
 
     [data]        dataset (digits | fashion-mnist | npz:PATH), split, limit | indices, seed, data_dir
-    [[model]]     name, and path = DIR | FILE | "module:function" (with input_range = [LO, HI] or one pair per
+    [[model]]     name, and path = DIR | FILE | "module:function" | "zoo:NAME" (with input_range = [LO, HI] or one pair per
                   channel, mean = [...], std = [...], class_names = [...], trust_file = true, as on the CLI)
                   or train = {arch, method, epochs, batch_size, lr, sigma, eps, norm, pgd_steps}
     [threat.linf] eps = [budgets], target = one of them      (and/or [threat.l2])
@@ -171,10 +171,14 @@ def _models(models: Any, base_dir: Path) -> list[dict[str, Any]]:
         if ("path" in model) == ("train" in model):
             raise RobustCertError(f"model {name!r} needs exactly one of path = DIR or train = {{...}}")
         if "path" in model:
+            from robustcert.models.shipped import is_zoo, resolve_location
+
             text = str(model["path"])
             p = Path(text)
             python_model = ":" in text and not (base_dir / p).exists() and p.suffix.lower() != ".onnx"
-            if not python_model:  # a directory or a model file, relative to the config
+            if is_zoo(text):  # a shipped model: an unknown name fails here, before anything runs
+                model["path"] = resolve_location(text)
+            elif not python_model:  # a directory or a model file, relative to the config
                 model["path"] = str(p if p.is_absolute() else (base_dir / p).resolve())
             _file_model_keys(model, name)
         else:

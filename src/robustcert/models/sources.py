@@ -1,6 +1,7 @@
 """Where a model comes from: ``--model`` names a robustcert model directory, an ONNX file, a
-``torch.export`` program (``.pt2``), a TorchScript file (``.pt``/``.ts``/``.jit``) or ``module:function``
-(a Python callable returning an ``nn.Module``). Each becomes a :class:`ModelSource`: the module in eval
+``torch.export`` program (``.pt2``), a TorchScript file (``.pt``/``.ts``/``.jit``), ``module:function``
+(a Python callable returning an ``nn.Module``) or ``zoo:NAME``, a model directory shipped with robustcert
+(:mod:`robustcert.models.shipped`; resolved to its directory when the :class:`ModelSpec` is made). Each becomes a :class:`ModelSource`: the module in eval
 mode, what is known of its input shape and class count, and a fingerprint that pins the exact weights in
 ``run.json``.
 
@@ -51,7 +52,8 @@ class ModelSource:
 @dataclass(frozen=True)
 class ModelSpec:
     """``--model`` and what the user states about it. ``location``: a model directory, a model file or
-    ``module:function``; ``input_range``: the input domain (an :class:`InputDomain`, ``"LO,HI"`` text,
+    ``module:function`` (``zoo:NAME`` is replaced by the shipped model's directory on construction; an
+    unknown name raises :class:`RobustCertError`); ``input_range``: the input domain (an :class:`InputDomain`, ``"LO,HI"`` text,
     per-channel ``"LO,HI;LO,HI"``; None = [0, 1]); ``mean``/``std``: per-channel normalisation the model
     expects its inputs to have had (applied in front of it; one value or one per channel);
     ``class_names``: one name per class; ``trust_file``: allow formats whose loading can run code."""
@@ -62,6 +64,11 @@ class ModelSpec:
     std: tuple[float, ...] | None = None
     class_names: tuple[str, ...] | None = None
     trust_file: bool = False
+
+    def __post_init__(self) -> None:
+        from robustcert.models.shipped import resolve_location
+
+        object.__setattr__(self, "location", resolve_location(os.fspath(self.location)))
 
     @classmethod
     def of(cls, model: ModelSpec | str | os.PathLike[str]) -> ModelSpec:
