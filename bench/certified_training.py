@@ -30,68 +30,14 @@ from pathlib import Path
 from typing import Any
 
 # Per-method training options beyond --method/--eps-train (ramp as fractions of training).
+# the ramp and clipping every method shares, and Shi et al.'s initialisation and warm-up regularisers
+_RAMP = ["--ramp-start", "0.025", "--ramp-end", "0.5", "--grad-clip", "10"]
+_SHI = ["--ibp-init", "--shi-reg", "0.5", "--schedule", "smooth"]
 RECIPES: dict[str, list[str]] = {
-    "ibp": [
-        "--ibp-init",
-        "--shi-reg",
-        "0.5",
-        "--schedule",
-        "smooth",
-        "--ramp-start",
-        "0.025",
-        "--ramp-end",
-        "0.5",
-        "--kappa-end",
-        "0",
-        "--grad-clip",
-        "10",
-    ],
-    "crown-ibp": [
-        "--schedule",
-        "linear",
-        "--ramp-start",
-        "0.025",
-        "--ramp-end",
-        "0.5",
-        "--kappa-end",
-        "0",
-        "--grad-clip",
-        "10",
-    ],
-    "sabr": [
-        "--ibp-init",
-        "--shi-reg",
-        "0.5",
-        "--schedule",
-        "smooth",
-        "--ramp-start",
-        "0.025",
-        "--ramp-end",
-        "0.5",
-        "--sabr-lambda",
-        "0.4",
-        "--pgd-steps",
-        "5",
-        "--grad-clip",
-        "10",
-    ],
-    "mtl-ibp": [
-        "--ibp-init",
-        "--shi-reg",
-        "0.5",
-        "--schedule",
-        "smooth",
-        "--ramp-start",
-        "0.025",
-        "--ramp-end",
-        "0.5",
-        "--mtl-alpha",
-        "0.5",
-        "--pgd-steps",
-        "5",
-        "--grad-clip",
-        "10",
-    ],
+    "ibp": [*_SHI, *_RAMP, "--kappa-end", "0"],
+    "crown-ibp": ["--schedule", "linear", *_RAMP, "--kappa-end", "0"],
+    "sabr": [*_SHI, *_RAMP, "--sabr-lambda", "0.4", "--pgd-steps", "5"],
+    "mtl-ibp": [*_SHI, *_RAMP, "--mtl-alpha", "0.5", "--pgd-steps", "5"],
 }
 COLOURS = {"ibp": "tab:blue", "crown-ibp": "tab:orange", "sabr": "tab:green", "mtl-ibp": "tab:red"}
 

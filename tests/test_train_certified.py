@@ -280,17 +280,13 @@ def test_certified_bounds_of_an_ibp_trained_model_are_never_beaten(
 # ---------------------------------------------------------------- resumption
 
 
+_RESUME_LOSS = dict(
+    eps=0.05, pgd_steps=3, ibp_init=True, shi_reg=0.5, schedule="smooth", ramp_start=0.1, ramp_end=0.9
+)
+
+
 def _train(out: Path, method: str, resume: bool = False, loss=None):  # type: ignore[no-untyped-def]
-    built, params = make_loss(
-        method,
-        eps=0.05,
-        pgd_steps=3,
-        ibp_init=True,
-        shi_reg=0.5,
-        schedule="smooth",
-        ramp_start=0.1,
-        ramp_end=0.9,
-    )
+    built, params = make_loss(method, **_RESUME_LOSS)
     return train_model(
         arch="mlp-2x64",
         train_data=load_dataset("digits", "train").subset(list(range(256))),
@@ -311,16 +307,7 @@ def _train(out: Path, method: str, resume: bool = False, loss=None):  # type: ig
 def test_resume_after_an_interruption_gives_the_same_weights(tmp_path: Path, method: str) -> None:
     full, meta_full = _train(tmp_path / "full", method)
     steps_per_epoch = 256 // 64
-    inner, _ = make_loss(
-        method,
-        eps=0.05,
-        pgd_steps=3,
-        ibp_init=True,
-        shi_reg=0.5,
-        schedule="smooth",
-        ramp_start=0.1,
-        ramp_end=0.9,
-    )
+    inner, _ = make_loss(method, **_RESUME_LOSS)
     calls = {"n": 0}
 
     def crashing(model, x, y, ctx):  # type: ignore[no-untyped-def]

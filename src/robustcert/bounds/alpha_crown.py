@@ -575,6 +575,34 @@ def certified_intervals(
     return bounds
 
 
+def _all_rows(C: Tensor, inset: InputSet, row_mask: Tensor | None) -> Tensor:
+    return torch.ones((inset.batch, C.shape[1]), dtype=torch.bool) if row_mask is None else row_mask
+
+
+def _searched(
+    graph: Graph,
+    C: Tensor,
+    inset: InputSet,
+    ctx: Ctx,
+    floor: Tensor,
+    targets: list[_Target],
+    mask: Tensor,
+    steps: int,
+    lr: float,
+    dtype: torch.dtype,
+    warm: Proposal | None,
+    splits: dict[str, Tensor] | None,
+    certify: bool = True,
+) -> tuple[Tensor, Proposal]:
+    """One search (``_search``) and, when ``certify`` and it has anything to propose, its certified bound
+    (``_certify``) folded into ``floor`` by ``fmax`` (a NaN bound is ignored); returns both."""
+    proposal = _search(graph, C, inset, ctx, targets, mask, steps, lr, dtype, warm, splits)
+    if certify and (proposal.final or proposal.beta or proposal.inter):
+        lb = _certify(graph, C, inset, ctx, targets, proposal, splits)
+        floor = torch.fmax(floor, lb.expand(floor.shape))
+    return floor, proposal
+
+
 def alpha_crown_search(
     graph: Graph,
     C: Tensor,
@@ -594,12 +622,11 @@ def alpha_crown_search(
     the best proposal, e.g. to warm-start the children of a branch-and-bound domain."""
     with torch.no_grad():
         best = crown_lower(graph, C, inset, ctx, CROWN_RULES)
-    B = inset.batch
-    mask = torch.ones((B, C.shape[1]), dtype=torch.bool) if row_mask is None else row_mask
-    proposal = _search(graph, C, inset, ctx, [], mask, max(0, int(steps)), lr, search_dtype, warm, splits)
-    if proposal.final or proposal.beta:
-        lb = _certify(graph, C, inset, ctx, [], proposal, splits)
-        best = torch.fmax(best, lb.expand(B, C.shape[1]))
+    mask = _all_rows(C, inset, row_mask)
+    best = best.expand(inset.batch, C.shape[1])
+    best, proposal = _searched(
+        graph, C, inset, ctx, best, [], mask, max(0, int(steps)), lr, search_dtype, warm, splits
+    )
     return best.detach(), proposal
 
 
@@ -620,8 +647,7 @@ def optimized_intervals(
     dtype of ``inset`` under the active rounding scope and intersected with ``ctx.bounds`` (valid for
     any alphas in [0, 1], see the module docstring). The other nodes keep ``ctx.bounds``. For a root of
     branch and bound (:func:`.subdomains.tighten_root`)."""
-    B = inset.batch
-    mask = torch.ones((B, C.shape[1]), dtype=torch.bool) if row_mask is None else row_mask
+    mask = _all_rows(C, inset, row_mask)
     itemsize = torch.empty((), dtype=search_dtype).element_size()
     targets = _targets(graph, ctx, itemsize)
     if not targets or steps <= 0:
@@ -682,7 +708,7 @@ def alpha_crown_lower(
     if steps <= 0:
         return best.detach()
     B = inset.batch
-    mask = torch.ones((B, C.shape[1]), dtype=torch.bool) if row_mask is None else row_mask
+    mask = _all_rows(C, inset, row_mask)
     itemsize = torch.empty((), dtype=search_dtype).element_size()
     joint_steps = min(steps, max(0, int(intermediate_steps))) if optimize_intermediate else 0
     chunk = B
@@ -698,29 +724,36 @@ def alpha_crown_lower(
         # phase 1, the final bound's alphas alone; phase 2 (the last joint_steps steps), all of them
         plain_steps = steps - joint_steps if targets else steps
         sub_splits = None if splits is None else {k: _cut(v, B, b0, b1) for k, v in splits.items()}
-        proposal = _search(
-            graph, sub_C, sub_inset, sub_ctx, [], sub_mask, plain_steps, lr, search_dtype, None, sub_splits
+        part, proposal = _searched(
+            graph,
+            sub_C,
+            sub_inset,
+            sub_ctx,
+            part,
+            [],
+            sub_mask,
+            plain_steps,
+            lr,
+            search_dtype,
+            None,
+            sub_splits,
+            certify=plain_steps > 0,
         )
-        if (proposal.final or proposal.beta) and plain_steps:
-            lb = _certify(graph, sub_C, sub_inset, sub_ctx, [], proposal, sub_splits)
-            part = torch.fmax(part, lb.expand(b1 - b0, C.shape[1]))  # a NaN bound is ignored
         if targets:
-            warm = proposal if plain_steps else None
-            joint = _search(
+            part, _ = _searched(
                 graph,
                 sub_C,
                 sub_inset,
                 sub_ctx,
+                part,
                 targets,
                 sub_mask,
                 joint_steps,
                 lr * JOINT_LR_SCALE,
                 search_dtype,
-                warm,
+                proposal if plain_steps else None,
                 sub_splits,
             )
-            lb = _certify(graph, sub_C, sub_inset, sub_ctx, targets, joint, sub_splits)
-            part = torch.fmax(part, lb.expand(b1 - b0, C.shape[1]))
         parts.append(part)
     return torch.cat(parts).detach()
 

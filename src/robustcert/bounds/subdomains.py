@@ -474,10 +474,15 @@ def final_bounds_warm(
         lb, proposal = alpha_crown.alpha_crown_search(
             root.graph, C, inset, ctx, steps=alpha_steps, lr=alpha_lr, row_mask=rows, splits=splits, warm=warm
         )
+    return _finish(lb, intervals, floor), proposal
+
+
+def _finish(lb: Tensor, intervals: DomainIntervals, floor: Tensor | None) -> Tensor:
+    """+inf on infeasible domains, then the elementwise max with ``floor`` (a bound known to hold)."""
     lb = torch.where(intervals.infeasible.unsqueeze(1), torch.full_like(lb, torch.inf), lb)
     if floor is not None:
         lb = torch.maximum(lb, floor.to(lb.dtype))
-    return lb.detach(), proposal
+    return lb.detach()
 
 
 def final_bounds(
@@ -499,32 +504,26 @@ def final_bounds(
     bound known to hold on each domain, e.g. its parent's), if given. Runs inside
     ``rounding_scope(root.rounding)``; guarantee as :func:`bound_subdomains`."""
     api._check_choice("method", method, METHODS)
+    if method != "crown" and alpha_steps > 0 and not (method == "beta-crown" and splits is None):
+        beta = splits if method == "beta-crown" else None
+        return final_bounds_warm(
+            root,
+            C,
+            intervals,
+            alpha_steps=int(alpha_steps),
+            alpha_lr=float(alpha_lr),
+            floor=floor,
+            splits=beta,
+        )[0]
     D = intervals.num_domains
     C = _check_spec(root, C, D)
     inset = domain_inset(root.inset, D)
-    ctx = Ctx(root.shapes, intervals.bounds)
     with torch.no_grad(), rounding_scope(root.rounding):
-        if method == "crown" or alpha_steps <= 0 or (method == "beta-crown" and splits is None):
-            # intervals shared by all domains (expanded views) enter as one [1, ...] copy: the backward
-            # coefficients then stay batch-shared until they cross a node whose interval differs
-            shared = Ctx(root.shapes, {k: _shared(b) for k, b in intervals.bounds.items()})
-            lb = crown.crown_lower(root.graph, C, inset, shared).expand(D, C.shape[1])
-        else:
-            rows = (C.abs().sum(-1) > 0).expand(D, C.shape[1])
-            lb = alpha_crown.alpha_crown_lower(
-                root.graph,
-                C,
-                inset,
-                ctx,
-                steps=int(alpha_steps),
-                lr=float(alpha_lr),
-                row_mask=rows,
-                splits=splits if method == "beta-crown" else None,
-            )
-    lb = torch.where(intervals.infeasible.unsqueeze(1), torch.full_like(lb, torch.inf), lb)
-    if floor is not None:
-        lb = torch.maximum(lb, floor.to(lb.dtype))
-    return lb.detach()
+        # intervals shared by all domains (expanded views) enter as one [1, ...] copy: the backward
+        # coefficients then stay batch-shared until they cross a node whose interval differs
+        shared = Ctx(root.shapes, {k: _shared(b) for k, b in intervals.bounds.items()})
+        lb = crown.crown_lower(root.graph, C, inset, shared).expand(D, C.shape[1])
+    return _finish(lb, intervals, floor)
 
 
 def bound_subdomains(

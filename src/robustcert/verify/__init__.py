@@ -1,2 +1,2 @@
 """Complete-verification front end: ``robustcert verify`` on ONNX + VNN-LIB instances (falsification,
-CROWN, α-CROWN; branch and bound is not implemented yet)."""
+CROWN, α-CROWN, branch and bound)."""
