@@ -9,7 +9,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,ray]'
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,ray,sdp]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -221,7 +221,8 @@ def test_valid_losses_record_their_parameters() -> None:
         ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0"),
         (
             {"arch": "resnet"},
-            "unknown architecture 'resnet'; choose one of: cnn-medium, cnn-small, mlp-2x256, mlp-2x64",
+            "unknown architecture 'resnet'; choose one of: cnn-medium, cnn-small, mlp-2x100, mlp-2x256, mlp-2x32, "
+            "mlp-2x50, mlp-2x64, mlp-4x100",
         ),
         ({"train_data": "empty"}, "is empty"),
         ({"test_data": "other_shape"}, "does not match the training data"),

@@ -223,7 +223,11 @@ def build_parser() -> Parser:
 
     train = commands.add_parser("train", parents=[common], help="train a zoo model into a model directory")
     train.add_argument("--dataset", default="digits", help="digits | fashion-mnist | npz:PATH")
-    train.add_argument("--arch", default="cnn-small", help="mlp-2x64 | mlp-2x256 | cnn-small | cnn-medium")
+    train.add_argument(
+        "--arch",
+        default="cnn-small",
+        help="mlp-2x32 | mlp-2x50 | mlp-2x64 | mlp-2x100 | mlp-2x256 | mlp-4x100 | cnn-small | cnn-medium",
+    )
     from robustcert.train.factory import TRAIN_METHODS
 
     train.add_argument("--method", default="standard", help=" | ".join(TRAIN_METHODS))

@@ -160,6 +160,22 @@ class ExactRow(BoundRow):
 
 
 @dataclass(kw_only=True, slots=True)
+class SdpRow(BoundRow):
+    """An SDP certificate at one budget: ``margin_lower`` is the larger, per class, of the SDP's bound
+    (recomputed from the solver's multipliers, never its own optimum) and the CROWN bound of the same
+    set; ``sdp_lower`` the SDP's own bound (min over the classes it solved; None if CROWN proved them
+    all). ``solver``, its total ``iterations``, ``gap``: the largest excess of a solver's claimed optimum
+    over the certified bound (None for the first-order solver, which claims none)."""
+
+    family: ClassVar[str] = "sdp"
+
+    solver: str = ""
+    iterations: int = 0
+    gap: float | None = None
+    sdp_lower: float | None = None
+
+
+@dataclass(kw_only=True, slots=True)
 class AttackRow(Row):
     """An attack at one budget (never a certificate): ``attack_success`` when the example is
     misclassified or the attack found a misclassified point in the ball; ``adv_margin`` its margin."""
@@ -173,5 +189,5 @@ class AttackRow(Row):
 
 
 ROW_TYPES: dict[str, type[Row]] = {
-    cls.family: cls for cls in (SmoothingRow, BoundRow, ExactRow, AttackRow)
+    cls.family: cls for cls in (SmoothingRow, BoundRow, ExactRow, SdpRow, AttackRow)
 }

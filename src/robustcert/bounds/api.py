@@ -415,9 +415,34 @@ def box_bounds(
     CROWN). ``precision``: the dtype of CROWN's intermediate passes (as in :func:`margin_lower`; default
     float64). Used by the exact MILP for its big-M constants and by ``robustcert verify``.
     """
+    return region_bounds(
+        model, C, box=(lo, hi), intermediate=intermediate, float_model=float_model, method=method,
+        alpha_steps=alpha_steps, alpha_lr=alpha_lr, precision=precision,
+    )
+
+
+def region_bounds(
+    model: Model,
+    C: Tensor,
+    *,
+    x: Tensor | None = None,
+    eps: Any = None,
+    norm: str = "linf",
+    box: Any = None,
+    domain: Any = None,
+    intermediate: str = "crown",
+    float_model: str = "real",
+    method: str = "crown",
+    alpha_steps: int = 20,
+    alpha_lr: float = 0.1,
+    precision: str = "float64",
+) -> BoxBounds:
+    """:func:`box_bounds` over either an explicit ``box=(lo, hi)`` or the ball ``B_norm(x, eps) ∩ domain``
+    (``norm`` ``"linf"`` or ``"l2"``; the L2 ball's intervals use the exact ball bound of every node
+    affine in the input). Same guarantee as :func:`box_bounds`, for every x' in that set."""
     _check_choice("float_model", float_model, FLOAT_MODELS)
     _check_choice("method", method, ("crown", "alpha-crown"))
-    plan = _plan(model, None, None, "linf", method, (lo, hi), intermediate, float_model, precision=precision)
+    plan = _plan(model, x, eps, norm, method, box, intermediate, float_model, domain, precision=precision)
     graph, inset, shapes = plan.graph, plan.inset, plan.shapes
     k = numel(shapes[graph.output])
     if not isinstance(C, Tensor) or C.ndim != 3 or C.shape[0] not in (1, inset.batch) or C.shape[2] != k:

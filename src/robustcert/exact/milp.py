@@ -113,6 +113,7 @@ from robustcert.bounds.api import box_bounds
 from robustcert.domain import InputDomain
 from robustcert.errors import RobustCertError
 from robustcert.exact._solver_output import solver_output
+from robustcert.graph.dense import affine_map, float64_graph
 from robustcert.models.modes import eval_mode
 from robustcert.validation import check_eps
 
@@ -277,32 +278,6 @@ class _Encoder:
         return LinearConstraint(sparse.csr_array(mat), np.asarray(self.row_lb), np.asarray(self.row_ub))
 
 
-def _node_float64(node: Any) -> Any:
-    """A copy of ``node`` whose floating tensor params are float64 (so basis evaluations are exact)."""
-    params = {
-        k: (v.detach().double() if isinstance(v, torch.Tensor) and torch.is_floating_point(v) else v)
-        for k, v in dict(node.params).items()
-    }
-    return type(node)(node.name, node.op, tuple(node.inputs), params)
-
-
-def _affine_map(
-    spec: Any, node: Any, in_shapes: list[tuple[int, ...]]
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Jacobians (one per input, [n_out, n_in]) and offset of an affine op, by evaluating it on 0 and e_i."""
-    zeros = [torch.zeros((1, *s), dtype=torch.float64) for s in in_shapes]
-    with torch.no_grad():
-        f0 = spec.forward(node, *zeros).reshape(1, -1)
-        jacs = []
-        for i, s in enumerate(in_shapes):
-            n = int(np.prod(s)) if s else 1
-            args = [torch.zeros((n, *t), dtype=torch.float64) for t in in_shapes]
-            args[i] = torch.eye(n, dtype=torch.float64).reshape(n, *s)
-            out = spec.forward(node, *args).reshape(n, -1) - f0
-            jacs.append(out.T.numpy().copy())
-    return jacs, f0[0].numpy().copy()
-
-
 def _check_relu_network(graph: Any, ops: dict[str, Any]) -> None:
     for node in graph.nodes:
         spec = ops.get(node.op)
@@ -321,7 +296,7 @@ def _encode(
     shapes: dict[str, tuple[int, ...]] = {}
     with torch.no_grad():
         probe = torch.as_tensor(((lo + hi) / 2).reshape(1, *graph.input_shape), dtype=torch.float64)
-        graph64 = type(graph)([_node_float64(n) for n in graph.nodes], graph.output, graph.input_shape)
+        graph64 = float64_graph(graph)
         values = graph64.forward_all(probe)
     for name, v in values.items():
         shapes[name] = tuple(v.shape[1:])
@@ -333,7 +308,7 @@ def _encode(
         if node.op == "relu":
             exprs[node.name] = enc.relu(exprs[node.inputs[0]], given.get(node.inputs[0]))
             continue
-        jacs, offset = _affine_map(ops[node.op], node, [shapes[i] for i in node.inputs])
+        jacs, offset = affine_map(ops[node.op], node, [shapes[i] for i in node.inputs])
         A = np.zeros((offset.size, enc.nv))
         c = offset.copy()
         for J, inp in zip(jacs, node.inputs, strict=True):

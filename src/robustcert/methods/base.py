@@ -57,6 +57,15 @@ def param(
     return field(default=default, metadata=meta)
 
 
+def float_model_param() -> Any:
+    """The ``float_model`` parameter of the deterministic methods that certify the float32 network."""
+    return param(
+        "float32",
+        help="the network certified: its float32 evaluation (any summation order) or the real-valued one",
+        choices=("float32", "real"),
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Params:
     """Base of every method's parameters. Subclasses add fields made with :func:`param` and may override
@@ -81,7 +90,9 @@ class BudgetParams(Params):
 
     def check(self) -> None:
         if not self.eps:
-            raise RobustCertError("eps needs at least one budget, e.g. --eps 0.01,0.02 (eps = [0.01, 0.02] in TOML)")
+            raise RobustCertError(
+                "eps needs at least one budget, e.g. --eps 0.01,0.02 (eps = [0.01, 0.02] in TOML)"
+            )
         if len(set(self.eps)) != len(self.eps):
             raise RobustCertError(f"eps lists a budget twice: {list(self.eps)}; give each budget once")
 

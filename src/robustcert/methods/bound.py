@@ -16,18 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustcert.methods.base import BudgetParams, Method, ModelInfo, param
+from robustcert.methods.base import BudgetParams, Method, ModelInfo, float_model_param, param
 from robustcert.rows import BoundRow, Row
 
 
 @dataclass(frozen=True, kw_only=True)
 class BoundParams(BudgetParams):
     batch: int = param(32, help="examples bounded together", min=1)
-    float_model: str = param(
-        "float32",
-        help="the network certified: its float32 evaluation (any summation order) or the real-valued one",
-        choices=("float32", "real"),
-    )
+    float_model: str = float_model_param()
     precision: str = param(
         "float32",
         help="dtype of CROWN's intermediate passes (both sound; float64: less rounding slack, ~2x the time)",

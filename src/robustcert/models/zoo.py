@@ -78,8 +78,12 @@ def _cnn_medium(shape: Shape, num_classes: int) -> list[nn.Module]:
 
 
 ARCHITECTURES: dict[str, Callable[[Shape, int], list[nn.Module]]] = {
+    "mlp-2x32": _mlp([32, 32]),
+    "mlp-2x50": _mlp([50, 50]),
     "mlp-2x64": _mlp([64, 64]),
+    "mlp-2x100": _mlp([100, 100]),
     "mlp-2x256": _mlp([256, 256]),
+    "mlp-4x100": _mlp([100, 100, 100, 100]),
     "cnn-small": _cnn_small,
     "cnn-medium": _cnn_medium,
 }
