@@ -197,7 +197,7 @@ def ablate(name: str, n: int) -> list[dict[str, Any]]:
         ("first-order, 15 s", {"time_limit": 15.0}),
         ("first-order, 60 s, alpha-CROWN intervals", {"time_limit": 60.0, "bounds_method": "alpha-crown"}),
     ):
-        key = "ablate-" + label.replace(" ", "").replace(",", "-")
+        key = f"ablate-eps{eps}-" + label.replace(" ", "").replace(",", "-")
         res = _cached_rows(
             name,
             key,
@@ -237,7 +237,7 @@ def ablate(name: str, n: int) -> list[dict[str, Any]]:
         worst = min(c.lower for c in classes)
         return {"certified": bool(worst > 0), "seconds": time.monotonic() - start}
 
-    res = _cached_rows(name, "ablate-no-linear", todo, without_linear)
+    res = _cached_rows(name, f"ablate-eps{eps}-no-linear", todo, without_linear)
     rows.append(
         {
             "setting": "first-order, 60 s, without the triangle / interval constraints",

@@ -197,3 +197,26 @@ def test_l2_ball_program_holds() -> None:
         g, g0 = prog.objective(y, j)
         db = certified_bound(prog, g, g0, m)
         assert db.bound - prog.margin_error(y, j) <= float((logits[:, y] - logits[:, j]).min())
+
+
+def test_unsupported_layer_names_the_node_and_the_supported_ops() -> None:
+    from robustcert.errors import RobustCertError
+    from robustcert.sdp import sdp_margin
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(5, 4), nn.Sigmoid(), nn.Linear(4, 3)).eval()
+    with pytest.raises(RobustCertError) as err:
+        sdp_margin(model, torch.rand(1, 1, 5), 0, 0.1)
+    text = str(err.value)
+    assert "sigmoid" in text and "supported ops: input, linear, relu" in text and "\n" not in text
+
+
+def test_missing_conic_solver_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cvxpy
+
+    from robustcert.errors import RobustCertError
+    from robustcert.methods import get_method
+
+    monkeypatch.setattr(cvxpy, "installed_solvers", lambda: ["SCS"])
+    with pytest.raises(RobustCertError, match="pip install clarabel"):
+        get_method("sdp").make_params({"solver": "clarabel", "eps": "0.1"}, cli=True)
+    get_method("sdp").make_params({"solver": "scs", "eps": "0.1"}, cli=True)  # installed: accepted

@@ -6,15 +6,22 @@ It maximises the dual function of :mod:`.dual` in its Schur form,
     q(multipliers) = max_mu0  mu0 + T_h min(0, lambda_min(R(multipliers) - mu0 e0 e0')),
 
 a concave function of the multipliers, by projected Adam. ``R`` is ``(1 + H)``-square (``H`` the unstable
-ReLUs), so one step costs one small batched eigendecomposition plus the ``H x H x d`` product that
-eliminates the inputs — memory linear in the input size, no ``N x N`` matrix. The inner ``mu0`` is
+ReLUs), so one step costs one small batched eigendecomposition plus the product that eliminates the
+inputs, taken through a low-rank factor ``Px = Cx V'`` of the ReLUs' input coefficients (rank at most
+the first layer's width) — no ``N x N`` matrix. The inner ``mu0`` is
 solved exactly through the secular equation of ``R``'s ReLU block, and Danskin's theorem gives the
 supergradient ``u u'`` (``u = [1; -(S - lam)^-1 r]`` at the optimal eigenvalue ``lam``) in both of its
 regimes (optimum at ``lam < 0`` or on the boundary ``lam = 0``).
 
 Box multipliers are ``exp`` of a parameter (the inputs' must stay > 0 for the Schur form), the linear
-ones are projected onto ``>= 0``, the ReLU equalities' are free. Nothing here is a bound: the returned
-multipliers (the best seen per class) are certified by :func:`robustcert.sdp.dual.certified_bound`.
+ones are projected onto ``>= 0``, the ReLU equalities' are free. The box multipliers start at an
+interval-style dual point (``2 |g| / width``: the margin's linear part minimised over the boxes). With
+``stop_when_proven`` a class whose value passes its target leaves the batch, the others continuing from
+their multipliers and Adam moments (a warm restart on fewer classes: each step gets cheaper); a
+plateau sends every open class back to its best point at a quarter of the step (three times, then
+stop), and a class that cannot close its gap at its recent rate stops early. Nothing here is a bound:
+the returned multipliers (the best seen per class) are certified by
+:func:`robustcert.sdp.dual.certified_bound`.
 """
 
 from __future__ import annotations
@@ -96,7 +103,7 @@ def first_order_dual(
     *,
     deadline: float,
     max_iters: int | None = None,
-    lr: float = 0.1,
+    lr: float = 0.05,
     targets: Sequence[float] | None = None,
     stop_when_proven: bool = True,
     dtype: torch.dtype = torch.float32,
@@ -146,7 +153,7 @@ def first_order_dual(
     else:
         rank, Cx, V = 1, torch.zeros(0, 1, dtype=dt), torch.zeros(d, 1, dtype=dt)
     outer = (V.unsqueeze(-1) * V.unsqueeze(-2)).reshape(d, rank * rank) if rank * rank * d <= 2**26 else None
-    it, status, stall, last_best = 0, "max_iters", 0, -math.inf
+    it, status, stall, last_best, drops, restore = 0, "max_iters", 0, -math.inf, 0, False
     started, checkpoint = time.monotonic(), (0, -math.inf)
     limit = max_iters if max_iters is not None else 100000
     while it < limit:
@@ -195,19 +202,23 @@ def first_order_dual(
                 last_best, stall = top, 0
             else:
                 stall += 1
-                if stall >= 300:
-                    status = "plateau"
-                    break
-            # hopeless: the worst class (each must be proven) would not reach its target at its current
-            # rate of progress even at 3x that rate, in the time left
-            if stop_when_proven and it and it % 100 == 0:
+                if stall >= 150:
+                    if drops == 3:
+                        status = "plateau"
+                        break
+                    drops, stall, restore = drops + 1, 0, True
+            # hopeless (checked once 40% of the time is spent, dual ascent being slow to start): the worst
+            # class (each must be proven) would not reach its target at 5x its recent rate in the time left
+            elapsed = time.monotonic() - started
+            budget = max(deadline - started, 1e-9)
+            if stop_when_proven and it and it % 100 == 0 and elapsed >= 0.4 * budget:
                 gap = float((tgt - best).max())
                 done_it, done_val = checkpoint
                 rate = (top - done_val) / (it - done_it) if math.isfinite(done_val) else math.inf
                 per_it = (time.monotonic() - started) / it
                 left_it = max(deadline - time.monotonic(), 0.0) / max(per_it, 1e-9)
                 checkpoint = (it, top)
-                if gap > 0 and rate * 3 * left_it < gap:
+                if gap > 0 and rate * 5 * left_it < gap:
                     status = "hopeless"
                     break
         uh = u[:, 1:]
@@ -220,6 +231,12 @@ def first_order_dual(
         with torch.no_grad():
             nu.clamp_(min=0.0)
             theta.clamp_(min=-40.0, max=40.0)
+            if restore:  # reduce on plateau: back to each open class's best point, a quarter of the step
+                for p, bp in zip(params, best_params, strict=True):
+                    p.copy_(bp[active])
+                for group in opt.param_groups:
+                    group["lr"] /= 4
+                restore = False
         it += 1
         if stop_when_proven and it % 25 == 0:
             keep = best[active] <= tgt[active]
