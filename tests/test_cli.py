@@ -9,17 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from robustcert.cli import main
-
-
-def _fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
+from cli_helpers import one_error_line as _fail
 
 
 def _certify(model: Path, out: Path, *extra: str) -> list[str]:

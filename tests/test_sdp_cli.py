@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import one_error_line as _one_error_line
 
 from robustcert.cli import main
 from robustcert.rows import SdpRow
@@ -47,15 +48,6 @@ def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
 def _rows(run: Path) -> dict[tuple[int, float], dict[str, Any]]:
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     return {(r["index"], r["eps"]): r for r in rows}
-
-
-def _one_error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def _check_row_fields(row: dict[str, Any], solver: str, norm: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import one_error_line as _fail
 from scipy import stats
 from torch import nn
 
@@ -351,13 +352,6 @@ def test_api_rows_record_the_procedure_and_samples() -> None:
     assert cohen[0].procedure == "cohen" and cohen[0].samples == 2050
 
 
-def _fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def test_cli_adaptive_errors_and_run(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import one_error_line as _fail
 from torch import nn
 
 from robustcert.attacks import perturb_for_training, pgd
@@ -337,15 +338,6 @@ def test_each_certified_method_is_one_registry_entry() -> None:
         loss, params = make_loss(name, eps=0.2)  # eps_train may exceed any certified eps
         assert params["eps"] == 0.2 and params["norm"] == "linf"
         assert {"schedule", "ramp_start", "ramp_end", "kappa_end", "ibp_init", "shi_reg"} <= set(params)
-
-
-def _fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import one_error_line as _run_error
 from torch import nn
 
 from robustcert.cli import main
@@ -286,15 +287,6 @@ def test_spec_that_can_never_hold_is_unsat(nets: dict, capsys: pytest.CaptureFix
     assert main(["verify", str(nets["cls_onnx"]), str(spec), "--out", str(nets["root"] / "empty.txt")]) == 0
     assert (nets["root"] / "empty.txt").read_text() == "unsat\n"
     capsys.readouterr()
-
-
-def _run_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
-    return err
 
 
 def test_bad_input_one_line_errors(nets: dict, capsys: pytest.CaptureFixture):

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robustcert.errors import RobustCertError
 from robustcert.methods.base import BudgetParams, Method, ModelInfo, float_model_param, param
 from robustcert.rows import Row, SdpRow
 from robustcert.sdp.certify import SOLVER_CHOICES
@@ -109,8 +108,6 @@ class SdpCertifier:
 
 
 def build(model: nn.Module, info: ModelInfo, params: SdpParams, log_path: Path | None) -> SdpCertifier:
-    if not isinstance(params, SdpParams):  # pragma: no cover - the registry passes SdpParams
-        raise RobustCertError("sdp needs SdpParams")
     return SdpCertifier(model, info, params)
 
 

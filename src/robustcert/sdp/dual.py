@@ -45,6 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from robustcert.sdp.encode import QuadraticProgram
 
@@ -134,38 +135,49 @@ def _terms(prog: QuadraticProgram) -> float:
     return float(prog.h.size + prog.hidden + 8)
 
 
+def secular_optimum(
+    S: torch.Tensor, r: torch.Tensor, r00: torch.Tensor, T: float, steps: int = 40
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For a batch of matrices ``R = [[r00, r'], [r, S]]`` ([J], [J, n], [J, n, n]; n >= 1): the value
+    ``max_mu0 mu0 + T min(0, lambda_min(R - mu0 e0 e0'))``, its maximiser ``mu0`` and the supergradient
+    direction ``u = [1; -(S - lam)^-1 r]`` ([J, 1+n]) at the optimal eigenvalue ``lam``. With
+    ``S = Q diag(s) Q'`` and ``c = Q' r``, the eigenvalue ``lam < min(s)`` of ``R - mu0 e0 e0'`` has
+    ``mu0 = r00 - lam - sum c^2 / (s - lam)``, concave in ``lam``: ``lam`` is found by ``steps``
+    bisections on its slope, or sits on the boundary ``lam = 0`` when ``S > 0`` and the slope there is
+    >= 0. Computed values, never bounds: :func:`_finish` certifies whatever ``mu0`` it gets."""
+    s, Q = torch.linalg.eigh(S)
+    c = (Q.transpose(-1, -2) @ r.unsqueeze(-1)).squeeze(-1)
+    c2 = c * c
+    smin = s[:, 0]
+    hi = torch.where(smin > 0, torch.zeros_like(smin), smin - 1e-12 * (1 + smin.abs()))
+
+    def slope(lam: torch.Tensor) -> torch.Tensor:
+        return (T - 1.0) - (c2 / (s - lam.unsqueeze(-1)) ** 2).sum(-1)
+
+    at_hi = slope(hi) >= 0
+    lo = torch.minimum(hi, smin) - torch.sqrt(c2.sum(-1) / max(T - 1.0, 1e-30)) - 1.0
+    a, b = lo, hi.clone()
+    for _ in range(steps):
+        mid = (a + b) / 2
+        up = slope(mid) >= 0
+        a = torch.where(up, mid, a)
+        b = torch.where(up, b, mid)
+    lam = torch.where(at_hi, hi, a)
+    inv = 1.0 / (s - lam.unsqueeze(-1))
+    mu0 = r00 - lam - (c2 * inv).sum(-1)
+    value = mu0 + T * torch.clamp(lam, max=0.0)
+    u = torch.cat([torch.ones_like(lam).unsqueeze(-1), -(Q @ (inv * c).unsqueeze(-1)).squeeze(-1)], -1)
+    return value, mu0, u
+
+
 def _secular_shift(M: np.ndarray, T: float) -> float:
     """The ``mu0`` maximising ``mu0 + T min(0, lambda_min(M - mu0 e0 e0'))`` for the computed ``M``
-    (a candidate only). With ``S = M[1:, 1:] = Q diag(s) Q'`` and ``c = Q' M[1:, 0]``, the eigenvalue
-    ``lam < min(s)`` of ``M - mu0 e0 e0'`` has ``mu0 = M00 - lam - sum c^2 / (s - lam)``, concave in lam."""
-    s, Q = np.linalg.eigh(M[1:, 1:])
-    c2 = (Q.T @ M[1:, 0]) ** 2
-    m00 = M[0, 0]
-    top = min(float(s.min()), 0.0) if s.size else 0.0
-
-    def slope(lam: float) -> float:
-        return -1.0 - float((c2 / (s - lam) ** 2).sum()) + T
-
-    if s.size == 0:
-        return m00
-    hi_lam = top - 1e-12 * (1 + abs(top)) if (s.min() <= 0 or top < 0) else 0.0
-    if top == 0.0 and s.min() > 0 and slope(0.0) >= 0:  # the optimum sits at lambda_min = 0
-        return float(m00 - float((c2 / s).sum()))
-    lo_lam = hi_lam - 1.0
-    while slope(lo_lam) < 0 and lo_lam > -1e30:
-        lo_lam = hi_lam - 2 * (hi_lam - lo_lam)
-    if slope(hi_lam) >= 0:
-        lam = hi_lam
-    else:
-        a, b = lo_lam, hi_lam
-        for _ in range(200):
-            mid = (a + b) / 2
-            if slope(mid) >= 0:
-                a = mid
-            else:
-                b = mid
-        lam = a
-    return float(m00 - lam - float((c2 / (s - lam)).sum()))
+    (a candidate only), by :func:`secular_optimum`."""
+    if M.shape[0] == 1:
+        return float(M[0, 0])
+    t = torch.from_numpy(M)
+    _, mu0, _ = secular_optimum(t[None, 1:, 1:], t[None, 1:, 0], t[None, 0, 0], T, steps=100)
+    return float(mu0[0])
 
 
 def _padded_min_eig(M: np.ndarray, err: np.ndarray) -> float:
@@ -201,21 +213,12 @@ def _box_trace(lo: np.ndarray, hi: np.ndarray) -> float:
     return float((1.0 + (np.maximum(lo * lo, hi * hi)).sum()) * (1 + 1e-12))
 
 
-def full_bound(prog: QuadraticProgram, g: np.ndarray, g0: float, m: Multipliers) -> DualBound:
-    """The certified bound from the full ``(N+1)``-square matrix (any multipliers; clipped first)."""
-    m = m.clipped()
-    Z = lagrangian(prog, g, g0, m)
-    Zabs = lagrangian(prog, g, g0, m, absolute=True)
+def _full(prog: QuadraticProgram, Z: np.ndarray, Zabs: np.ndarray) -> DualBound:
     return _finish(Z, _gamma(_terms(prog)) * Zabs, _box_trace(prog.lo, prog.hi), "full")
 
 
-def schur_bound(prog: QuadraticProgram, g: np.ndarray, g0: float, m: Multipliers) -> DualBound | None:
-    """The certified bound from the Schur form (``1 + H`` square); None when an input with ``D = 0`` is
-    still coupled to the rest (then only :func:`full_bound` applies)."""
-    m = m.clipped()
+def _schur(prog: QuadraticProgram, Z: np.ndarray, Zabs: np.ndarray) -> DualBound | None:
     d = prog.n_in
-    Z = lagrangian(prog, g, g0, m)
-    Zabs = lagrangian(prog, g, g0, m, absolute=True)
     D = np.diag(Z)[1 : 1 + d]
     keep = np.r_[0, 1 + d + np.arange(prog.hidden)]
     B = Z[np.ix_(keep, 1 + np.arange(d))]
@@ -231,14 +234,33 @@ def schur_bound(prog: QuadraticProgram, g: np.ndarray, g0: float, m: Multipliers
     return _finish(R, err, T, "schur")
 
 
+def _matrices(
+    prog: QuadraticProgram, g: np.ndarray, g0: float, m: Multipliers
+) -> tuple[np.ndarray, np.ndarray]:
+    m = m.clipped()
+    return lagrangian(prog, g, g0, m), lagrangian(prog, g, g0, m, absolute=True)
+
+
+def full_bound(prog: QuadraticProgram, g: np.ndarray, g0: float, m: Multipliers) -> DualBound:
+    """The certified bound from the full ``(N+1)``-square matrix (any multipliers; clipped first)."""
+    return _full(prog, *_matrices(prog, g, g0, m))
+
+
+def schur_bound(prog: QuadraticProgram, g: np.ndarray, g0: float, m: Multipliers) -> DualBound | None:
+    """The certified bound from the Schur form (``1 + H`` square); None when an input with ``D = 0`` is
+    still coupled to the rest (then only :func:`full_bound` applies)."""
+    return _schur(prog, *_matrices(prog, g, g0, m))
+
+
 def certified_bound(
     prog: QuadraticProgram, g: np.ndarray, g0: float, m: Multipliers, full_limit: int = 400
 ) -> DualBound:
     """The best of the Schur form and (for ``N <= full_limit``, or when the Schur form does not apply)
     the full form: both certified lower bounds of the program's margin ``g.v + g0``."""
-    best = schur_bound(prog, g, g0, m)
+    Z, Zabs = _matrices(prog, g, g0, m)
+    best = _schur(prog, Z, Zabs)
     if best is None or prog.size <= full_limit:
-        full = full_bound(prog, g, g0, m)
+        full = _full(prog, Z, Zabs)
         if best is None or full.bound > best.bound:
             best = full
     return best

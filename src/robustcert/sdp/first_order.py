@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robustcert.sdp.dual import Multipliers
+from robustcert.sdp.dual import Multipliers, secular_optimum
 from robustcert.sdp.encode import QuadraticProgram
 
 
@@ -44,36 +44,6 @@ class FirstOrderResult:
     values: list[float]  # best in-loop dual value per class (not certified)
     iterations: int
     status: str
-
-
-def _secular(
-    S: torch.Tensor, r: torch.Tensor, r00: torch.Tensor, T: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per batch entry: the dual value ``max_mu0 mu0 + T min(0, lam_min(R - mu0 e0 e0'))`` and the
-    supergradient direction ``u`` ([J, 1+H]) of the module docstring."""
-    s, Q = torch.linalg.eigh(S)
-    c = (Q.transpose(-1, -2) @ r.unsqueeze(-1)).squeeze(-1)
-    c2 = c * c
-    smin = s[:, 0]
-    hi = torch.where(smin > 0, torch.zeros_like(smin), smin - 1e-12 * (1 + smin.abs()))
-
-    def slope(lam: torch.Tensor) -> torch.Tensor:
-        return (T - 1.0) - (c2 / (s - lam.unsqueeze(-1)) ** 2).sum(-1)
-
-    at_hi = slope(hi) >= 0
-    lo = torch.minimum(hi, smin) - torch.sqrt(c2.sum(-1) / max(T - 1.0, 1e-30)) - 1.0
-    a, b = lo, hi.clone()
-    for _ in range(40):
-        mid = (a + b) / 2
-        up = slope(mid) >= 0
-        a = torch.where(up, mid, a)
-        b = torch.where(up, b, mid)
-    lam = torch.where(at_hi, hi, a)
-    inv = 1.0 / (s - lam.unsqueeze(-1))
-    mu0 = r00 - lam - (c2 * inv).sum(-1)
-    value = mu0 + T * torch.clamp(lam, max=0.0)
-    u = torch.cat([torch.ones_like(lam).unsqueeze(-1), -(Q @ (inv * c).unsqueeze(-1)).squeeze(-1)], -1)
-    return value, u
 
 
 def _shrink(
@@ -186,7 +156,7 @@ def first_order_dual(
         else:
             with torch.no_grad():
                 f64 = torch.float64  # the small eigenproblem in float64: its offsets are float64-sized
-                value, u = _secular(S.detach().to(f64), r.detach().to(f64), r00.detach().to(f64), T)
+                value, _, u = secular_optimum(S.detach().to(f64), r.detach().to(f64), r00.detach().to(f64), T)
                 u = torch.nan_to_num(u, nan=0.0, posinf=0.0, neginf=0.0).to(dt)
         with torch.no_grad():
             better = value.double() > best[active]
