@@ -135,3 +135,21 @@ def test_sum_row_only_when_exact():
     inexact = torch.tensor([[1.0, 1e-17], [1.0, 1.0]], dtype=torch.float64)  # 1 + 1e-17 rounds
     assert _with_sum_row(inexact, torch.zeros(2, dtype=torch.float64))[0].shape == (2, 2)
     assert _with_sum_row(C[:1], torch.zeros(1, dtype=torch.float64))[0].shape == (1, 2)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_vertex_attack_falsifies_inside_the_search(seed):
+    """With the opening attack off (only the box centre tried), properties 5 % above the exact minimum
+    are falsified by the search itself — PGD from the vertices where the children's relaxations are
+    lowest — with a checked float32 counterexample; without that attack the search cannot falsify them
+    (measured: unknown or timeout after hundreds of domains)."""
+    model, lo, hi, C, y = instance(seed)
+    m = exact_margin(model, None, y, box=(lo.float(), hi.float()), time_limit=60).min_margin
+    assert m is not None
+    d = torch.full((2,), m + 0.05 * max(abs(m), 1e-3), dtype=torch.float64)
+    blind = dict(timeout=20, batch=32, attack_restarts=0, attack_steps=0)
+    r = branch_and_bound(model, lo, hi, C, d, **blind)
+    assert r.status == "falsified" and r.stage == "bab", r
+    check_counterexample(model, lo, hi, C, d, "all", r)
+    without = branch_and_bound(model, lo, hi, C, d, vertex_attack=False, max_domains=100, **blind)
+    assert without.status != "falsified" and without.status != "verified", without

@@ -340,12 +340,19 @@ def test_timeout_and_unknown_exit_status(
     capsys.readouterr()
 
 
-def test_branch_and_bound_stage_agrees_with_the_milp(nets: dict, monkeypatch: pytest.MonkeyPatch):
-    """With CROWN / alpha-CROWN disabled, every robustness instance is decided by the branch-and-bound
-    stage (or the attacks) and agrees with the exact MILP."""
+@pytest.mark.parametrize("stage", ["bab", "input-split"])
+def test_branch_and_bound_stage_agrees_with_the_milp(
+    nets: dict, monkeypatch: pytest.MonkeyPatch, stage: str
+):
+    """With CROWN / alpha-CROWN disabled, every robustness instance is decided by the complete stage
+    (or the attacks) and agrees with the exact MILP: ReLU branch and bound (forced by lowering the
+    input-count limit of input splitting below this net's 4 inputs) and input splitting (the default
+    for 4 inputs)."""
     from robustcert.exact import exact_margin
 
     monkeypatch.setattr(pipeline, "proven", lambda *a, **k: [False] * len(a[3]))
+    if stage == "bab":
+        monkeypatch.setattr(pipeline, "MAX_INPUTS", 3)
     label = _label(nets["cls"], CENTER)
     stages = set()
     for eps in EPS:
@@ -357,10 +364,10 @@ def test_branch_and_bound_stage_agrees_with_the_milp(nets: dict, monkeypatch: py
         verdict = pipeline.verify_files(nets["cls_onnx"], path, timeout=60)
         stages.add(verdict.stage)
         if res.status == "robust":
-            assert verdict.answer == "unsat" and verdict.stage == "bab", (eps, verdict)
+            assert verdict.answer == "unsat" and verdict.stage == stage, (eps, verdict)
         elif res.status == "counterexample":
             assert verdict.answer == "sat", (eps, verdict)
-    assert "bab" in stages
+    assert stage in stages
 
 
 def _instances(nets: dict) -> Path:
@@ -535,3 +542,32 @@ def test_branch_and_bound_pair_raises_d_for_inexact_coefficients(
             assert bool((seen[-1] > conj.d).all())
         else:
             assert not bool((conj.C_err > 0).any()) and torch.equal(seen[-1], conj.d)
+
+
+def test_pairs_that_ran_out_of_their_share_get_the_time_left(
+    nets: dict, monkeypatch: pytest.MonkeyPatch
+):
+    """Open pairs share the time left; one that times out on its share is tried again when the others
+    finish early (an answer, not ``unknown``, while time remains); a pair ending ``unknown`` is final."""
+    label = _label(nets["cls"], CENTER)
+    path = _robustness_spec(nets["root"] / "share.vnnlib", CENTER, 0.02, label, 3)
+    monkeypatch.setattr(pipeline, "proven", lambda *a, **k: [False] * len(a[3]))
+    calls: list[tuple[int, float]] = []
+
+    def fake(model, shape, case, index, timeout, seed=0, search="relu"):
+        calls.append((index, timeout))
+        if index == 0 and sum(i == 0 for i, _ in calls) == 1:
+            return "timeout", None  # ran out of its first share
+        return "verified", None
+
+    monkeypatch.setattr(pipeline, "branch_and_bound_pair", fake)
+    verdict = pipeline.verify_files(nets["cls_onnx"], path, timeout=60)
+    assert verdict.answer == "unsat", verdict
+    firsts = [t for i, t in calls if i == 0]
+    assert len(firsts) == 2 and firsts[1] > firsts[0]  # the retry gets the time the other pair left
+
+    def unknown_first(model, shape, case, index, timeout, seed=0, search="relu"):
+        return ("unknown" if index == 0 else "verified"), None
+
+    monkeypatch.setattr(pipeline, "branch_and_bound_pair", unknown_first)
+    assert pipeline.verify_files(nets["cls_onnx"], path, timeout=60).answer == "unknown"

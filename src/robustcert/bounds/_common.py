@@ -521,6 +521,23 @@ class _BoxBound(torch.autograd.Function):
         return grad.mul_(g.reshape(g.shape + (1,) * (a.ndim - g.ndim))), None, None, None
 
 
+_VERTICES: ContextVar[list[Tensor] | None] = ContextVar("robustcert_bounds_vertices", default=None)
+
+
+@contextmanager
+def capture_vertices() -> Iterator[list[Tensor]]:
+    """Inside, every lower-bound concretization of dense coefficients over a box appends the box vertex
+    that minimises its linear bound, per example and row (``[B, S, *input_shape]``, float64): where
+    the network is lowest according to that relaxation, so a candidate counterexample for branch and
+    bound. A heuristic output only: no bound reads it."""
+    found: list[Tensor] = []
+    token = _VERTICES.set(found)
+    try:
+        yield found
+    finally:
+        _VERTICES.reset(token)
+
+
 def concretize_input(A: Coeffs, inset: InputSet, upper: bool = False, consume: bool = False) -> Tensor:
     """Lower (or upper) bound of ``A · x`` over the input set: [B, S].
 
@@ -531,6 +548,9 @@ def concretize_input(A: Coeffs, inset: InputSet, upper: bool = False, consume: b
     ``consume``: ``A`` is not used afterwards (by anyone), so ``|A|`` may overwrite it (box only): one
     allocation of A's size fewer.
     """
+    found = _VERTICES.get()
+    if found is not None and not upper and isinstance(A, Dense) and inset.center is None:
+        found.append(torch.where(A.data.detach() > 0, A.local(inset.lo), A.local(inset.hi)))
     model = active_rounding()
     c = (inset.lo + inset.hi) / 2
     r = (inset.hi - inset.lo) / 2

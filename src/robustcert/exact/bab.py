@@ -47,9 +47,10 @@ import torch
 from torch import Tensor, nn
 
 from robustcert.bounds import crown
-from robustcert.bounds._common import Ctx, rounding_scope, toward
+from robustcert.bounds._common import Ctx, capture_vertices, rounding_scope, toward
 from robustcert.bounds.alpha_crown import Proposal
 from robustcert.bounds.subdomains import (
+    DomainIntervals,
     Root,
     domain_inset,
     final_bounds,
@@ -99,6 +100,15 @@ def _spec_values(model: nn.Module | Graph, x: Tensor, C: Tensor, d: Tensor) -> T
     return out @ C.T - d
 
 
+def inner_float32(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """The float32 box ``[lo32, hi32]`` of the float32 numbers inside ``[lo, hi]`` (float64): each end
+    rounded inward. Empty (some ``lo32 > hi32``) when a side holds no float32 number."""
+    lo32, hi32 = lo.float(), hi.float()
+    lo32 = torch.where(lo32.double() < lo, torch.nextafter(lo32, torch.full_like(lo32, math.inf)), lo32)
+    hi32 = torch.where(hi32.double() > hi, torch.nextafter(hi32, torch.full_like(hi32, -math.inf)), hi32)
+    return lo32, hi32
+
+
 def attack(
     model: nn.Module | Graph,
     lo: Tensor,
@@ -110,20 +120,21 @@ def attack(
     restarts: int = 10,
     steps: int = 50,
     seed: int = 0,
+    starts: Tensor | None = None,
 ) -> tuple[Tensor | None, float]:
     """PGD (signed gradient, step size decaying from a quarter of the box width) on the objective
-    inside the box, from the centre and ``restarts`` random points, in float32. Returns the best
-    point (float32, inside the box) and its objective by a fresh forward pass — a counterexample
-    when that value is <= 0."""
+    inside the box, from the centre and ``restarts`` random points — or from ``starts`` ([N,
+    *input_shape], clamped into the box) — in float32. Returns the best point (float32, inside the
+    box) and its objective by a fresh forward pass — a counterexample when that value is <= 0."""
     gen = torch.Generator().manual_seed(seed)
-    lo32, hi32 = lo.float(), hi.float()
-    lo32 = torch.where(lo32.double() < lo, torch.nextafter(lo32, torch.full_like(lo32, math.inf)), lo32)
-    hi32 = torch.where(hi32.double() > hi, torch.nextafter(hi32, torch.full_like(hi32, -math.inf)), hi32)
+    lo32, hi32 = inner_float32(lo, hi)
     if bool((lo32 > hi32).any()):
         return None, math.inf
-    n = restarts + 1
-    x = lo32 + (hi32 - lo32) * torch.rand((n,) + tuple(lo.shape[1:]), generator=gen)
-    x[0] = (lo32[0] + hi32[0]) / 2
+    if starts is not None:
+        x = torch.minimum(torch.maximum(starts.float(), lo32), hi32)
+    else:
+        x = lo32 + (hi32 - lo32) * torch.rand((restarts + 1,) + tuple(lo.shape[1:]), generator=gen)
+        x[0] = (lo32[0] + hi32[0]) / 2
     width = hi32 - lo32
     C32, d32 = C.float(), d.float()
     best_x, best_v = x[:1].clone(), math.inf
@@ -172,6 +183,56 @@ def _warm(doms: list[_Domain], splits: dict[str, Tensor] | None) -> Proposal:
         shape = (doms[0].rows.shape[0],) + tuple(sg.shape[1:])
         beta[n] = torch.stack([dom.betas.get(n, torch.zeros(shape, dtype=torch.float32)) for dom in doms])
     return Proposal(final, {}, beta)
+
+
+def _vertex_attack(
+    model: nn.Module | Graph,
+    lo: Tensor,
+    hi: Tensor,
+    C: Tensor,
+    d: Tensor,
+    require: str,
+    vertices: list[Tensor],
+    rows: Tensor,
+    dx: Tensor,
+    keep: Tensor,
+    *,
+    starts: int = 8,
+    steps: int = 20,
+) -> tuple[Tensor | None, float]:
+    """Counterexample search from the open children's bounds: for each, the box vertex minimising the
+    linear bound of its objective row (captured from the certification pass,
+    :func:`robustcert.bounds._common.capture_vertices`) is a point where the relaxation says the
+    network is lowest on that sub-domain; the ``starts`` best of them by the float32 network's own
+    objective seed a short PGD over the whole box. Returns :func:`attack`'s (point, value) — a
+    counterexample only when the value is <= 0 — or (None, inf) when no vertex was captured."""
+    D = rows.shape[0]
+    last = vertices[-1] if vertices else None
+    if last is None or last.shape[0] != D or last.shape[1] != rows.shape[1] or not keep.numel():
+        return None, math.inf
+    slack = (rows - dx).index_select(0, keep)
+    row = (slack.argmin(1) if require == "all" else slack.argmax(1)).tolist()
+    cand = torch.stack([last[int(k), r] for k, r in zip(keep.tolist(), row, strict=True)])
+    cand = cand.reshape((len(row),) + tuple(lo.shape[1:]))
+    lo32, hi32 = inner_float32(lo, hi)
+    cand = torch.minimum(torch.maximum(cand.float(), lo32), hi32)
+    with torch.no_grad():
+        values = objective(_spec_values(model, cand, C, d), require)
+    best = values.argsort()[:starts]
+    return attack(model, lo, hi, C, d, require, steps=steps, starts=cand.index_select(0, best))
+
+
+def _parents_intervals(root: Root, kids: list[_Domain]) -> DomainIntervals:
+    """Intervals that hold on each child (one per entry of ``kids``, its parent): the parent's own at
+    the split nodes (computed under all the parent's constraints, so valid on the child's subset), the
+    root's elsewhere (valid on every sub-domain; only the split nodes' intervals feed relaxations)."""
+    bounds = dict(root.ctx.bounds)
+    for n in root.split_nodes:
+        bounds[n] = (
+            torch.stack([dom.intervals[n][0] for dom in kids]),
+            torch.stack([dom.intervals[n][1] for dom in kids]),
+        )
+    return DomainIntervals(bounds, torch.zeros(len(kids), dtype=torch.bool))
 
 
 def _keep_state(dom: _Domain, proposal: Proposal, i: int) -> None:
@@ -332,6 +393,7 @@ def branch_and_bound(
     refine: bool = True,
     tighten_root_steps: int = 20,
     child_steps: int = 10,
+    vertex_attack: bool = True,
     seed: int = 0,
 ) -> BabResult:
     """Decide whether ``o(x) > 0`` on the box ``[lo, hi]`` ([1, *input_shape]) for the float32 network
@@ -346,7 +408,9 @@ def branch_and_bound(
     ``refine``: recompute the children's intermediate intervals after their split (tighter, slower:
     measured on a trained 6x256 MLP, 31 vs 96 domains/s but a bound 2.8x closer to 0 after 40 s);
     ``attack_restarts`` / ``attack_steps``: the PGD falsification; ``branching``: ``"babsr"`` or
-    ``"random"`` (for comparisons); ``seed``: the attack's random starts. Returns a :class:`BabResult`;
+    ``"random"`` (for comparisons); ``vertex_attack``: after each batch, a short PGD from the box
+    vertices where the open children's relaxations are lowest (:func:`_vertex_attack`); ``seed``: the
+    attack's random starts. Returns a :class:`BabResult`;
     bad input raises :class:`RobustCertError`."""
     t0 = time.perf_counter()
     lo, hi, C, d0 = _check(lo, hi, C, torch.zeros(len(C)) if d is None else d, require)
@@ -416,27 +480,33 @@ def branch_and_bound(
             continue
         splits = {n: torch.stack([dom.splits[n] for dom, _ in picks] * 2) for n in root.split_nodes}
         P = len(picks)
+        newest: dict[str, Tensor] = {}  # each child's own split only (its parent's are in its intervals)
         for i, (_, (name, j)) in enumerate(picks):
             splits[name][i].view(-1)[j] = 1
             splits[name][P + i].view(-1)[j] = -1
+            if name not in newest:
+                newest[name] = torch.zeros((2 * P,) + tuple(root.shapes[name]), dtype=torch.int8)
+            newest[name][i].view(-1)[j] = 1
+            newest[name][P + i].view(-1)[j] = -1
         floor = torch.stack([dom.rows for dom, _ in picks] * 2)
         active = {n: s for n, s in splits.items() if bool((s != 0).any())}
-        civ = subdomain_intervals(root, active, num_domains=2 * P, refine=refine)
         kids = [dom for dom, _ in picks] * 2
-        if method == "crown":
-            child_rows = final_bounds(root, Cb, civ, floor=floor)
-            child_state = None
-        else:
-            child_rows, child_state = final_bounds_warm(
-                root,
-                Cb,
-                civ,
-                alpha_steps=child_steps,
-                alpha_lr=alpha_lr,
-                floor=floor,
-                splits=active if method == "beta-crown" else None,
-                warm=_warm(kids, active if method == "beta-crown" else None),
-            )
+        civ = subdomain_intervals(root, newest, base=_parents_intervals(root, kids), refine=refine)
+        with capture_vertices() as vertices:
+            if method == "crown":
+                child_rows = final_bounds(root, Cb, civ, floor=floor)
+                child_state = None
+            else:
+                child_rows, child_state = final_bounds_warm(
+                    root,
+                    Cb,
+                    civ,
+                    alpha_steps=child_steps,
+                    alpha_lr=alpha_lr,
+                    floor=floor,
+                    splits=active if method == "beta-crown" else None,
+                    warm=_warm(kids, active if method == "beta-crown" else None),
+                )
         domains += 2 * P
         child_obj = _lower(child_rows, dx, require)
         closed = child_obj[child_obj > 0]
@@ -444,6 +514,21 @@ def branch_and_bound(
             closed_min = min(closed_min, float(closed.min()))
         open_mask = toward(child_rows - dx, upper=False) <= 0
         keep = (child_obj <= 0).nonzero().flatten()
+        if vertex_attack:
+            x_adv, v_adv = _vertex_attack(fwd, lo, hi, C, d0, require, vertices, child_rows, dx, keep)
+            if x_adv is not None and v_adv <= 0:
+                low = min([dom.bound for dom in heap + stuck] + child_obj.tolist())
+                return BabResult(
+                    "falsified",
+                    low,
+                    x_adv,
+                    v_adv,
+                    domains,
+                    depth + 1,
+                    time.perf_counter() - t0,
+                    "bab",
+                    history=result.history,
+                )
         if keep.numel():
             sub = {
                 k: (
@@ -512,4 +597,4 @@ def branch_and_bound(
     )
 
 
-__all__ = ["REQUIRE", "STATUSES", "BabResult", "attack", "branch_and_bound", "objective"]
+__all__ = ["REQUIRE", "STATUSES", "BabResult", "attack", "branch_and_bound", "inner_float32", "objective"]

@@ -4,7 +4,7 @@ Adding a method is one new file in this package (its params dataclass, its certi
 :class:`Method`) plus one ``register`` line below.
 """
 
-from robustcert.methods import bound, exact, pgd, sdp, smoothing  # noqa: E402  (the method files)
+from robustcert.methods import bab, bound, exact, pgd, sdp, smoothing  # noqa: E402  (the method files)
 from robustcert.methods.base import (
     BudgetParams,
     Certifier,
@@ -21,6 +21,7 @@ register(bound.IBP)
 register(bound.CROWN)
 register(bound.ALPHA_CROWN)
 register(exact.EXACT)
+register(bab.BAB)
 register(sdp.SDP)
 register(pgd.PGD)
 

@@ -1,5 +1,9 @@
 """The ``robustcert verify`` sub-command: its options and what it runs (hooked into :mod:`robustcert.cli`).
 
+``--instances CSV`` with ``--workers N`` (a local Ray with N CPUs) or ``--ray-address auto|HOST:PORT``
+runs the instances as Ray tasks, one each, through :mod:`robustcert.runs.ray_backend` as certify does; the
+rows (written by this process as they finish) have the same answers as a serial run's.
+
 Exit status: 0 for a decided answer (sat / unsat) and after an ``--instances`` run; 4 when one instance
 ends ``unknown`` or ``timeout``; 2 (one ``error:`` line, and ``error`` in ``--out``) for bad input.
 """
@@ -12,9 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from robustcert.cli import _int_at_least
 from robustcert.errors import RobustCertError
 
 EXIT_UNDECIDED = 4
+_positive_int = _int_at_least(1)
 
 
 def _seconds(text: str) -> float:
@@ -49,6 +55,8 @@ def add_verify_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "--instances", type=Path, metavar="CSV", help="rows onnx,vnnlib,timeout, relative to the csv"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the falsification's random search")
+    p.add_argument("--ray-address", help="--instances: run them on a Ray cluster: 'auto' or HOST:PORT")
+    p.add_argument("--workers", type=_positive_int, help="--instances: start a local Ray with N worker CPUs")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="--instances: continue the run in --out")
     mode.add_argument("--force", action="store_true", help="--instances: replace the run in --out")
@@ -70,7 +78,15 @@ def run_verify(ns: argparse.Namespace) -> int:
         if ns.model is not None or ns.spec is not None:
             raise RobustCertError("give either MODEL.onnx SPEC.vnnlib or --instances CSV, not both")
         out = ns.out if ns.out is not None else Path("runs/verify")
-        rows = instances.run_instances(ns.instances, out, seed=ns.seed, resume=ns.resume, force=ns.force)
+        rows = instances.run_instances(
+            ns.instances,
+            out,
+            seed=ns.seed,
+            resume=ns.resume,
+            force=ns.force,
+            ray_address=ns.ray_address,
+            workers=ns.workers,
+        )
         counts: dict[str, int] = {}
         for r in rows:
             counts[r[3]] = counts.get(r[3], 0) + 1
@@ -83,6 +99,10 @@ def run_verify(ns: argparse.Namespace) -> int:
         )
     if ns.resume or ns.force:
         raise RobustCertError("--resume and --force are for --instances runs")
+    if ns.workers is not None or ns.ray_address is not None:
+        raise RobustCertError(
+            "--workers and --ray-address are for --instances runs; MODEL.onnx SPEC.vnnlib runs in this process"
+        )
     try:
         verdict = pipeline.verify_files(ns.model, ns.spec, ns.timeout, ns.seed)
     except Exception:  # bad input (exit 2) or an internal error (exit 1): the result file says "error"

@@ -7,9 +7,10 @@ Stages, in order, within the time limit:
 2. **CROWN** per box on all its conjunctions, then **α-CROWN** on those CROWN left open
    (:mod:`robustcert.verify.prove`); ``unsat`` only when every pair is proven impossible.
 3. a longer **falsify** on the pairs still open;
-4. **branch and bound** (:func:`robustcert.verify.prove.branch_and_bound_pair`, beta-CROWN on batched
-   ReLU splits) on each pair still open, sharing the time left; its counterexamples are checked like the
-   others.
+4. **branch and bound** (:func:`robustcert.verify.prove.branch_and_bound_pair`) on each pair still
+   open, sharing the time left: beta-CROWN on batched ReLU splits (stage ``bab``), or for a model with
+   at most :data:`robustcert.exact.input_split.MAX_INPUTS` inputs, splitting the input box (stage
+   ``input-split``); its counterexamples are checked like the others.
 
 Otherwise ``unknown``, or ``timeout`` if the time limit passed before a decision.
 """
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from robustcert.errors import RobustCertError
+from robustcert.exact.input_split import MAX_INPUTS
 from robustcert.models.modes import eval_mode
 from robustcert.seeding import derived_seed
 from robustcert.verify.falsify import AttackBudget, check_counterexample, falsify
@@ -38,8 +40,8 @@ LONG = AttackBudget(samples=2048, restarts=32, steps=100)
 
 @dataclass
 class Verdict:
-    """The answer, the stage that decided it (``falsify``, ``crown``, ``alpha-crown``, ``falsify-long``, ``bab`` or
-    ``""``), wall seconds, and for ``sat`` the checked counterexample (flat float32 ``x`` and ``y``)."""
+    """The answer, the stage that decided it (``falsify``, ``crown``, ``alpha-crown``, ``falsify-long``, ``bab``,
+    ``input-split`` or ``""``), wall seconds, and for ``sat`` the checked counterexample (flat float32 ``x`` and ``y``)."""
 
     answer: str
     stage: str
@@ -155,29 +157,42 @@ def verify(
                 return done("unsat", method)
         if (verdict := attack(open_pairs, LONG, 1, "falsify-long")) is not None:
             return verdict
-        # 4. branch and bound on each open pair, sharing the time left
-        left = []
-        for n, (ci, ki) in enumerate(open_pairs):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return done("timeout", "")
-            case = spec.cases[ci]
-            status, x = branch_and_bound_pair(
-                model.module,
-                model.input_shape,
-                case,
-                ki,
-                remaining / (len(open_pairs) - n),
-                seed=derived_seed(seed, ci, ki, 2),
-            )
-            if status == "falsified" and x is not None:
-                y = check_counterexample(model.module, model.input_shape, case.box, case.conjunctions[ki], x)
-                if y is not None:
-                    return done("sat", "bab", (x.detach().clone(), y))
-            if status != "verified":
-                left.append((ci, ki))
-        if not left:
-            return done("unsat", "bab")
+        # 4. branch and bound on each open pair, sharing the time left; pairs that ran out of their
+        # share are tried again (from scratch, with a new seed) while time is left, since pairs decided
+        # early leave time unused; a pair ending "unknown" (a fully split leaf still open) is final
+        search, stage = (
+            ("input", "input-split") if math.prod(model.input_shape) <= MAX_INPUTS else ("relu", "bab")
+        )
+        pending, undecided, round_ = open_pairs, False, 0
+        while pending:
+            timed_out = []
+            for n, (ci, ki) in enumerate(pending):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return done("timeout", "")
+                case = spec.cases[ci]
+                status, x = branch_and_bound_pair(
+                    model.module,
+                    model.input_shape,
+                    case,
+                    ki,
+                    remaining / (len(pending) - n),
+                    seed=derived_seed(seed, ci, ki, 2 + round_),
+                    search=search,
+                )
+                if status == "falsified" and x is not None:
+                    y = check_counterexample(
+                        model.module, model.input_shape, case.box, case.conjunctions[ki], x
+                    )
+                    if y is not None:
+                        return done("sat", stage, (x.detach().clone(), y))
+                if status == "timeout":
+                    timed_out.append((ci, ki))
+                elif status != "verified":
+                    undecided = True
+            pending, round_ = timed_out, round_ + 1
+        if not undecided:
+            return done("unsat", stage)
     return done("timeout" if time.monotonic() > deadline else "unknown", "")
 
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from robustcert.bounds.api import box_bounds
 from robustcert.vnnlib.spec import Case
 
+SEARCHES = ("relu", "input")
 _REL = 1e-12  # float64 allowance of the final comparison (a few hundred ulps)
 
 
@@ -75,15 +76,19 @@ def branch_and_bound_pair(
     index: int,
     timeout: float,
     seed: int = 0,
+    search: str = "relu",
 ) -> tuple[str, Tensor | None]:
-    """Complete search on one (box, conjunction) pair with :func:`robustcert.exact.bab.branch_and_bound`
-    (``require="any"``: some row ``(C y)_r > d_r`` everywhere in the box proves the conjunction
-    impossible). Returns its status (``verified`` = the pair is impossible for the float32 network,
-    ``falsified``, ``timeout``, ``unknown``) and, when falsified, its float32 point (flat) — still to be
-    checked against the exact rows by the caller. Inexact coefficients: ``d`` is raised by
-    ``C_err · max|y|`` (bounds on ``|y|`` from identity rows of one CROWN call), rounded up."""
+    """Complete search on one (box, conjunction) pair (``require="any"``: some row ``(C y)_r > d_r``
+    everywhere in the box proves the conjunction impossible): ``search="relu"`` splits ReLUs
+    (:func:`robustcert.exact.bab.branch_and_bound`), ``"input"`` splits the input box
+    (:func:`robustcert.exact.input_split.input_split`, for few inputs). Returns its status
+    (``verified`` = the pair is impossible for the float32 network, ``falsified``, ``timeout``,
+    ``unknown``) and, when falsified, its float32 point (flat) — still to be checked against the exact
+    rows by the caller. Inexact coefficients: ``d`` is raised by ``C_err · max|y|`` (bounds on ``|y|``
+    from identity rows of one CROWN call), rounded up."""
     from robustcert.bounds._common import toward
     from robustcert.exact.bab import branch_and_bound
+    from robustcert.exact.input_split import input_split
 
     conj = case.conjunctions[index]
     if not conj.num_rows:
@@ -101,6 +106,9 @@ def branch_and_bound_pair(
         # a sum of k nonnegative float64 products is at most gamma_k ~ k u below the true one
         err = toward((conj.C_err @ ymax) * (1.0 + 2.0 * (k + 1) * 2.0**-53), upper=True)
         d = toward(d + err, upper=True)
-    r = branch_and_bound(model, lo, hi, conj.C, d, require="any", timeout=timeout, seed=seed)
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    complete = input_split if search == "input" else branch_and_bound
+    r = complete(model, lo, hi, conj.C, d, require="any", timeout=timeout, seed=seed)
     x = None if r.counterexample is None else r.counterexample.reshape(-1)
     return r.status, x
