@@ -6,7 +6,8 @@ Sections (all but ``[data]``, one ``[[model]]`` and one ``[threat.*]`` optional)
     [data]        dataset (digits | fashion-mnist | npz:PATH), split, limit | indices, seed, data_dir
     [[model]]     name, and path = DIR | FILE | "module:function" | "zoo:NAME" (with input_range = [LO, HI] or one pair per
                   channel, mean = [...], std = [...], class_names = [...], trust_file = true, as on the CLI)
-                  or train = {arch, method, epochs, batch_size, lr, sigma, eps, norm, pgd_steps}
+                  or train = {arch, method, epochs, batch_size, lr, grad_clip, and the method's options
+                  as `robustcert train` names them: sigma, eps, norm, pgd_steps, schedule, ramp_start, …}
     [threat.linf] eps = [budgets], target = one of them      (and/or [threat.l2])
     [methods]     <method> = {its parameters (see docs/methods.md), models = [...], eps = [subset], limit = K}
     [validation]  smoothing_attack, smoothing_attack_limit, calibration, calibration_limit
@@ -30,9 +31,12 @@ SECTIONS = ("data", "model", "threat", "methods", "validation")
 DATA_KEYS = ("dataset", "split", "limit", "indices", "seed", "data_dir")
 MODEL_KEYS = ("name", "path", "train", "input_range", "mean", "std", "class_names", "trust_file")
 FILE_MODEL_KEYS = ("input_range", "mean", "std", "class_names", "trust_file")  # what a path's file cannot say
-TRAIN_KEYS = (
-    "arch", "method", "epochs", "batch_size", "lr", "sigma", "eps", "norm", "pgd_steps",
-    "noise_samples", "consistency_lambda", "consistency_eta", "smoothadv_eps", "smoothadv_steps",
+# the loop's options, then every keyword of robustcert.train.factory.make_loss (a test keeps them equal)
+TRAIN_LOOP_KEYS = ("arch", "method", "epochs", "batch_size", "lr", "grad_clip")
+TRAIN_KEYS = TRAIN_LOOP_KEYS + (
+    "sigma", "eps", "norm", "pgd_steps", "noise_samples", "consistency_lambda", "consistency_eta",
+    "smoothadv_eps", "smoothadv_steps", "schedule", "ramp_start", "ramp_end", "kappa_end", "ibp_init",
+    "shi_reg", "shi_tol", "sabr_lambda", "mtl_alpha",
 )
 THREAT_KEYS = ("eps", "target")
 SELECTION_KEYS = ("models", "eps", "limit")  # which runs of a method, besides its parameters

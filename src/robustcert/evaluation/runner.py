@@ -16,6 +16,17 @@ from robustcert.jobs import EVALUATE_FILE, LoadedModel, certify_run, load_run_mo
 from robustcert.methods import get_method
 
 
+def _number(value: Any, kind: type[int] | type[float], where: str) -> Any:
+    """``value`` as ``kind`` (a TOML int is a fine float; a float is not an int); RobustCertError
+    naming ``where`` otherwise (the range checks are the training loop's)."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        ok = ok or isinstance(value, float)
+    if not ok:
+        raise RobustCertError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    return kind(value)
+
+
 def _train_model(spec: dict[str, Any], config: EvaluateConfig, out: Path) -> Path:
     """Train the ``train = {...}`` model of the config into ``out/models/<name>`` (resumable)."""
     from robustcert.data import load_dataset
@@ -24,12 +35,14 @@ def _train_model(spec: dict[str, Any], config: EvaluateConfig, out: Path) -> Pat
     from robustcert.train.factory import make_loss
 
     train = dict(spec["train"])
+    where = f"model {spec['name']!r} train"
     method = str(train.pop("method", "standard"))
     arch = str(train.pop("arch", "cnn-small"))
-    epochs = int(train.pop("epochs", 20))
-    batch = int(train.pop("batch_size", 64))
-    lr = float(train.pop("lr", 1e-3))
-    loss, params = make_loss(method, **train)
+    epochs = _number(train.pop("epochs", 20), int, f"{where} epochs")
+    batch = _number(train.pop("batch_size", 64), int, f"{where} batch_size")
+    lr = _number(train.pop("lr", 1e-3), float, f"{where} lr")
+    grad_clip = _number(train.pop("grad_clip", 0.0), float, f"{where} grad_clip")
+    loss, params = make_loss(method, **train)  # the rest are the loss's options (config.TRAIN_KEYS)
     model_dir = out / "models" / spec["name"]
     if (model_dir / "model.json").exists() and read_model_meta(model_dir).get("epochs_done") == epochs:
         return model_dir
@@ -48,6 +61,7 @@ def _train_model(spec: dict[str, Any], config: EvaluateConfig, out: Path) -> Pat
         lr=lr,
         seed=int(config.data["seed"]),
         resume=True,
+        grad_clip=grad_clip,
     )
     return model_dir
 
