@@ -707,7 +707,10 @@ def _solve(
             statuses[j] = "not solved (time limit)" if remaining <= 0 else "not solved (counterexample found)"
             continue
         what = f"class {j} vs label {y}: {enc.num_binaries} binaries"
-        res, taken = _run_milp(row, problem, remaining / (len(order) - i), settings, what)
+        # the time left is shared by this class and the later ones still to solve (in decision mode
+        # the classes the interval bounds prove are skipped, so they take no share)
+        todo = sum(not (settings.decision_only and lbs[k] > 0) for k in order[i:])
+        res, taken = _run_milp(row, problem, remaining / todo, settings, what)
         notes = [str(res.message)]
         if res.status == 2:  # infeasible: cannot happen for a non-empty box unless numerics failed
             notes = ["infeasible (numerical trouble)"]
