@@ -55,18 +55,19 @@ class BabCertifier:
         self.rows_per_example = len(params.eps)
         self.graph = to_graph(model, info.input_shape)
         self.by_input = math.prod(info.input_shape) <= MAX_INPUTS
+        self.num_classes = info.num_classes
 
     def _search(self, x: torch.Tensor, y: int, eps: float, seed: int) -> tuple[str, float | None]:
         from robustcert.bounds._common import toward
+        from robustcert.bounds.api import margin_spec
         from robustcert.exact.bab import branch_and_bound
         from robustcert.exact.input_split import input_split
 
         x64 = x.double().unsqueeze(0)
         lo = self.domain.clip(toward(x64 - eps, upper=False))
         hi = self.domain.clip(toward(x64 + eps, upper=True))
-        k = int(self.model(x.unsqueeze(0)).shape[1])
-        eye = torch.eye(k, dtype=torch.float64)
-        C = (eye[y].unsqueeze(0) - eye)[[j for j in range(k) if j != y]]
+        k = self.num_classes
+        C = margin_spec(torch.tensor([y]), k)[0][[j for j in range(k) if j != y]]  # f_y - f_j, j != y
         if self.by_input:
             r = input_split(self.graph, lo, hi, C, timeout=self.params.time_limit, seed=seed)
         else:
